@@ -1,0 +1,64 @@
+"""axlstateless: finish burst-buffer file transfers without a state file.
+
+Pre-stage names each destination temporary after what its commit needs (docs/format.md); finalize walks
+the destination roots, waits on the burst buffer, and commits or aborts every temporary; cleanup sweeps
+orphans. The command line (`axl-stateless`) is a thin layer over these functions.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .backends import BACKENDS, Backend, NoneBackend, TransferState, TransferStatus, create_backend
+from .errors import (
+    AxlError,
+    BackendError,
+    NameFormatError,
+    PrestageError,
+    SourceError,
+    UsageError,
+    WaitTimeout,
+    WalkError,
+)
+from .finalize import FinalizeOptions, finalize
+from .nameformat import DirMarker, LegacyName, TempName, Unrecognised, parse
+from .prestage import PrestageResult, StagedFile, StagePair, expand_sources, prestage, read_pair_list
+from .report import Kind, Outcome, Record, Reporter, Summary
+from .status import status
+
+__all__ = [
+    "BACKENDS",
+    "AxlError",
+    "Backend",
+    "BackendError",
+    "DirMarker",
+    "FinalizeOptions",
+    "Kind",
+    "LegacyName",
+    "NameFormatError",
+    "NoneBackend",
+    "Outcome",
+    "PrestageError",
+    "PrestageResult",
+    "Record",
+    "Reporter",
+    "SourceError",
+    "StagePair",
+    "StagedFile",
+    "Summary",
+    "TempName",
+    "TransferState",
+    "TransferStatus",
+    "Unrecognised",
+    "UsageError",
+    "WaitTimeout",
+    "WalkError",
+    "__version__",
+    "create_backend",
+    "expand_sources",
+    "finalize",
+    "parse",
+    "prestage",
+    "read_pair_list",
+    "status",
+]

@@ -1,0 +1,43 @@
+"""The ``axl-stateless`` command line: a thin layer that parses options, calls one library function and
+renders its records. Library errors become one ``Error: ...`` line and their exit code in `options`, and
+only there."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from axlstateless import __version__
+from axlstateless.errors import EXIT_USAGE, AxlError
+
+from . import finalize, prestage, status
+from .options import fail
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(__version__, prog_name="axl-stateless")
+def cli() -> None:
+    """Finish burst-buffer file transfers without a state file.
+
+    \b
+    prestage  create destination temporaries, named with their final mode, size and mtime
+    finalize  commit the temporaries whose data arrived, delete the others
+    status    show the temporaries and what finalize would do now
+    """
+
+
+# Each command lives in its own module and exports `command`; the group lists them in help order.
+for _module in (prestage, finalize, status):
+    cli.add_command(_module.command)
+
+
+def main() -> None:
+    """Entry point of the ``axl-stateless`` console script."""
+    try:
+        cli.main(prog_name="axl-stateless", standalone_mode=True)
+    except AxlError as exc:  # pragma: no cover - commands handle their own; this is a last net
+        fail(exc)
+    except KeyboardInterrupt:  # a person pressed ^C: one line, no traceback
+        click.echo("Error: interrupted", err=True)
+        sys.exit(EXIT_USAGE)

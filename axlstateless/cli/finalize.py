@@ -1,0 +1,71 @@
+"""``axl-stateless finalize``."""
+
+from __future__ import annotations
+
+import click
+
+from axlstateless.backends import create_backend
+from axlstateless.finalize import DEFAULT_WAIT_TIMEOUT, FinalizeOptions, default_jobs, finalize
+
+from .options import EXIT_CODES_HELP, backend_options, handles_errors, output_options, reporter
+
+
+@click.command("finalize", epilog=EXIT_CODES_HELP)
+@click.argument("roots", nargs=-1, required=True, type=click.Path(file_okay=False))
+@backend_options
+@click.option(
+    "--wait-timeout",
+    type=click.FloatRange(min=0),
+    default=DEFAULT_WAIT_TIMEOUT,
+    show_default=True,
+    help="Seconds to wait for transfers to end before leaving the rest for a rerun (exit 3).",
+)
+@click.option("--dry-run", is_flag=True, help="Decide and report, change nothing.")
+@click.option("--fsync", is_flag=True, help="Make each commit durable (file, then directory).")
+@click.option(
+    "-j",
+    "--jobs",
+    type=click.IntRange(min=1),
+    default=default_jobs(),
+    show_default=True,
+    help="Directories worked on at once.",
+)
+@click.option("--one-file-system", is_flag=True, help="Do not descend into other file systems below the roots.")
+@click.option("-v", "--verbose", is_flag=True, help="Also list committed temporaries (others are always listed).")
+@output_options
+@handles_errors
+def command(
+    roots: tuple[str, ...],
+    backend: str,
+    bbcmd: str | None,
+    jobid: str | None,
+    jobstepid: int,
+    poll_interval: float,
+    wait_timeout: float,
+    dry_run: bool,
+    fsync: bool,
+    jobs: int,
+    one_file_system: bool,
+    verbose: bool,
+    as_json: bool,
+    report: str | None,
+) -> None:
+    """Commit every temporary below ROOT... whose data arrived; delete the others.
+
+    Walks the roots through directory descriptors, never following a symlink. Each temporary ends in one
+    reported outcome: committed (renamed to its final name with its mode and times), aborted (deleted:
+    its data did not arrive; an old final file stays), left (untouched, with the reason), or skipped
+    (legacy or unrecognised names, never touched).
+    """
+    options = {"bbcmd": bbcmd, "jobid": jobid, "jobstepid": jobstepid, "poll_interval": poll_interval}
+    the_backend = create_backend(backend, options)
+    with reporter("finalize", as_json, report, dry_run, verbose) as sink:
+        opts = FinalizeOptions(
+            backend=the_backend,
+            dry_run=dry_run,
+            fsync=fsync,
+            jobs=jobs,
+            one_file_system=one_file_system,
+            wait_timeout=wait_timeout,
+        )
+        finalize(roots, sink, opts, progress=sink.log)

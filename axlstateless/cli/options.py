@@ -1,0 +1,121 @@
+"""Options, output and error handling shared by every command."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from typing import IO, Any, TypeVar
+
+import click
+
+from axlstateless.backends import BACKENDS
+from axlstateless.errors import AxlError
+from axlstateless.report import Outcome, Reporter
+
+EXIT_CODES_HELP = """\b
+Exit codes:
+  0  every temporary committed (or nothing to do)
+  1  some data did not arrive: temporaries aborted
+  2  bad usage or input; nothing was changed
+  3  gave up waiting on the burst buffer; temporaries in transfer left for a rerun
+  4  could not act on some temporaries (left in place, reported)
+When several apply, the highest of 4, 3, 1 is returned."""
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def fail(exc: AxlError) -> None:
+    click.echo(f"Error: {exc}", err=True)
+    sys.exit(exc.exit_code)
+
+
+def handles_errors(func: F) -> F:
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except AxlError as exc:
+            fail(exc)
+        except OSError as exc:  # an unexpected system error still gets one line, not a traceback
+            click.echo(f"Error: {exc.filename or ''}: {exc.strerror or exc}", err=True)
+            sys.exit(4)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def output_options(func: F) -> F:
+    """--json and --report, shared by every command that reports records."""
+    func = click.option(
+        "--report",
+        "report",
+        type=click.Path(dir_okay=False, writable=True),
+        help="Also write every record (JSON lines, then the summary) to FILE: post-stage scripts have no terminal.",
+    )(func)
+    return click.option(
+        "--json", "as_json", is_flag=True, help="Print one JSON object per record, then a summary object."
+    )(func)
+
+
+def backend_options(func: F) -> F:
+    """Choosing and configuring the transfer-status backend."""
+    for decorator in reversed(
+        [
+            click.option(
+                "--backend",
+                type=click.Choice(sorted(BACKENDS)),
+                default="none",
+                show_default=True,
+                help="Where transfer states come from: 'none' (the copy is over, any mover), 'ibmbb' (IBM CAST bbcmd).",
+            ),
+            click.option(
+                "--bbcmd", metavar="PATH", help="[ibmbb] bbcmd to run (default /opt/ibm/bb/bin/bbcmd, else on PATH)."
+            ),
+            click.option(
+                "--jobid", metavar="ID", help="[ibmbb] LSF job id (default $LSF_STAGE_JOBID, else $LSB_JOBID)."
+            ),
+            click.option(
+                "--jobstepid", type=int, default=0, show_default=True, help="[ibmbb] job step, 0 for all steps."
+            ),
+            click.option(
+                "--poll-interval",
+                type=click.FloatRange(min=0.01),
+                default=2.0,
+                show_default=True,
+                help="[ibmbb] first poll interval, seconds (backs off).",
+            ),
+        ]
+    ):
+        func = decorator(func)
+    return func
+
+
+@contextmanager
+def reporter(command: str, as_json: bool, report: str | None, dry_run: bool, verbose: bool) -> Iterator[Reporter]:
+    with ExitStack() as stack:
+        json_streams: list[IO[str]] = []
+        if as_json:
+            json_streams.append(sys.stdout)
+        if report:
+            try:
+                json_streams.append(stack.enter_context(open(report, "w", encoding="utf-8")))
+            except OSError as exc:
+                raise AxlError(report, f"cannot write the report: {exc.strerror}") from None
+        log_streams: list[IO[str]] = [sys.stderr]
+        reporter = Reporter(
+            command,
+            dry_run=dry_run,
+            json_streams=json_streams,
+            text_stream=None if as_json else sys.stdout,
+            text_filter=None if verbose else (lambda r: r.outcome is not Outcome.COMMITTED),
+            log_streams=log_streams,
+        )
+        try:
+            yield reporter
+        except AxlError as exc:
+            reporter.summary.error = str(exc)
+            reporter.finish()
+            raise
+        summary = reporter.finish()
+    sys.exit(summary.exit_code)

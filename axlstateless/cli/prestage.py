@@ -1,0 +1,110 @@
+"""``axl-stateless prestage``."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import IO
+
+import click
+
+from axlstateless.prestage import PrestageResult, StagePair, expand_sources, prestage, read_pair_list
+
+from .options import handles_errors
+
+
+@click.command("prestage")
+@click.argument("paths", nargs=-1, type=click.Path(), metavar="[SRC... DEST]")
+@click.option("-r", "--recursive", is_flag=True, help="Pre-stage directories and everything below them.")
+@click.option(
+    "--from-list", "from_list", type=click.File("rb"), help="Read SRC<TAB>DST pairs, one a line ('-': stdin)."
+)
+@click.option("-0", "--null", "nul", is_flag=True, help="With --from-list: pairs are NUL-separated SRC, DST fields.")
+@click.option(
+    "--handle", type=click.IntRange(min=0, max=2**64 - 1), help="Encode this BB transfer handle in every name."
+)
+@click.option("--filelist", type=click.Path(dir_okay=False), help="Write the file list `bbcmd copy --filelist` takes.")
+@click.option("-L", "--follow-symlinks", is_flag=True, help="Follow a source that is a symbolic link.")
+@click.option("--dry-run", is_flag=True, help="Check everything and show what would be created; create nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per temporary, then a summary object.")
+@handles_errors
+def command(
+    paths: tuple[str, ...],
+    recursive: bool,
+    from_list: IO[bytes] | None,
+    nul: bool,
+    handle: int | None,
+    filelist: str | None,
+    follow_symlinks: bool,
+    dry_run: bool,
+    as_json: bool,
+) -> None:
+    """Create a temporary beside each final path: SRC... DEST, as cp does, or --from-list.
+
+    Each temporary is empty, owned like its source (when permitted), has the source's times, and carries
+    the source's permission bits, size and mtime in its name (docs/format.md), so finalize needs nothing
+    else. Missing directories are created owner-writable and get their source's mode and mtime back when
+    finalize is done with them.
+    """
+    dir_sources: dict[bytes, bytes] = {}
+    if from_list is not None:
+        if paths:
+            raise click.UsageError("give either SRC... DEST or --from-list, not both")
+        pairs: list[StagePair] = read_pair_list(from_list.read(), nul=nul, origin=from_list.name)
+    else:
+        if len(paths) < 2:
+            raise click.UsageError("expected SRC... DEST (or --from-list FILE)")
+        pairs, dir_sources = expand_sources(paths[:-1], paths[-1], recursive=recursive, follow_symlinks=follow_symlinks)
+    started = time.monotonic()
+    result = prestage(
+        pairs,
+        handle=handle,
+        follow_symlinks=follow_symlinks,
+        filelist=filelist,
+        dir_sources=dir_sources,
+        dry_run=dry_run,
+    )
+    _print_prestage(result, as_json, time.monotonic() - started, filelist)
+
+
+def _print_prestage(result: PrestageResult, as_json: bool, elapsed: float, filelist: str | None) -> None:
+    if as_json:
+        for f in result.files:
+            click.echo(
+                json.dumps(
+                    {
+                        "source": os.fsdecode(f.source),
+                        "temporary": os.fsdecode(f.temporary),
+                        "final": os.fsdecode(f.final),
+                    }
+                )
+            )
+        click.echo(
+            json.dumps(
+                {
+                    "summary": True,
+                    "command": "prestage",
+                    "dry_run": result.dry_run,
+                    "temporaries": len(result.files),
+                    "created_directories": [os.fsdecode(d) for d in result.created_directories],
+                    "replaced": result.replaced,
+                    "xattrs": result.xattrs,
+                    "filelist": filelist,
+                    "exit_code": 0,
+                    "elapsed_seconds": round(elapsed, 3),
+                }
+            )
+        )
+        return
+    what = "would pre-stage" if result.dry_run else "pre-staged"
+    line = f"prestage: {what} {len(result.files)} temporaries"
+    if result.created_directories:
+        line += f", {len(result.created_directories)} directories created"
+    if result.replaced:
+        line += f", {result.replaced} earlier temporaries replaced"
+    if filelist and not result.dry_run:
+        line += f"; file list in {filelist}"
+    if not result.xattrs:
+        line += " (no user xattrs on the destination: atime and owner hints not kept)"
+    click.echo(line + f" in {elapsed:.2f}s")

@@ -1,0 +1,251 @@
+"""Commit or abort one temporary, acting only on an open file descriptor and names inside an open
+directory descriptor (no path is ever resolved twice, no symlink followed).
+
+The commit order is fixed by the promises:
+
+1. open the temporary ``O_NOFOLLOW | O_NONBLOCK`` (a FIFO must not block, a symlink is refused) and
+   ``fstat`` the descriptor: only a regular file with one link is acted on (CVE-2017-18078: a hardlink to
+   /etc/passwd), only one its owner may act on;
+2. verify the size against the name;
+3. as root, ``fchown`` to the expected group first, because chown clears set-uid/set-gid
+   (AXL chmods first and loses them); then ``fchmod``; then ``futimens`` (mtime from the name, atime from
+   the xattr), all on the descriptor;
+4. with ``--fsync``, fsync the file before the rename (renameio: otherwise a crash can leave an empty
+   file under the final name);
+5. ``renameat`` within the directory: the final name appears only now, complete, with its mode and times.
+
+An abort unlinks the temporary; the old final file, if any, stays.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from dataclasses import dataclass
+from typing import Final, Protocol
+
+from . import ownership
+from .backends.base import Backend, TransferState, TransferStatus
+from .metadata import read_extras
+from .nameformat import DirMarker, TempName
+from .report import Kind, Outcome, Record
+from .verdict import Action, decide
+
+_OPEN_FLAGS: Final = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+_DIR_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_PATH_FLAGS: Final = getattr(os, "O_PATH", 0o10000000) | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How to act: one per run, shared by every worker."""
+
+    backend: Backend
+    dry_run: bool = False
+    fsync: bool = False
+    euid: int = -1
+
+    def __post_init__(self) -> None:
+        if self.euid == -1:
+            object.__setattr__(self, "euid", os.geteuid())
+
+
+def settle_file(dfd: int, name: bytes, path: bytes, tn: TempName, settings: Settings) -> Record:
+    """Commit, abort or leave the file temporary `name` in directory `dfd`; never raises OSError."""
+    transfer = settings.backend.status(tn.handle)
+
+    def record(outcome: Outcome, reason: str, *, in_progress: bool = False) -> Record:
+        return Record(
+            path,
+            Kind.FILE,
+            outcome,
+            reason,
+            final=os.path.join(os.path.dirname(path), tn.final),
+            mode=tn.mode,
+            size=tn.size,
+            mtime_ns=tn.mtime_ns,
+            handle=tn.handle,
+            transfer=transfer.detail,
+            in_progress=in_progress,
+        )
+
+    if transfer.state is TransferState.IN_PROGRESS:
+        return record(Outcome.LEFT, "transfer still in progress", in_progress=True)
+    try:
+        fd, via_path = _open_temporary(dfd, name)
+    except OSError as exc:
+        return _open_failure(exc, record)
+    try:
+        st = os.fstat(fd)
+        if problem := _file_problem(st):
+            return record(Outcome.LEFT, problem)
+        extras = read_extras(fd)
+        if refusal := ownership.refusal(st, extras.uid, extras.gid, settings.euid):
+            return record(Outcome.LEFT, refusal)
+        action, why = decide(transfer, expected_size=tn.size, actual_size=st.st_size)
+        if action is Action.ABORT:
+            if not settings.dry_run:
+                _unlink_same(dfd, name, st)
+            return record(Outcome.ABORTED, why)
+        return _commit(dfd, fd, via_path, name, tn, st, extras.atime_ns, extras.gid, settings, record, why)
+    except OSError as exc:
+        return record(Outcome.LEFT, f"{exc.strerror or exc}")
+    finally:
+        os.close(fd)
+
+
+def _commit(
+    dfd: int,
+    fd: int,
+    via_path: bool,
+    name: bytes,
+    tn: TempName,
+    st: os.stat_result,
+    atime_ns: int | None,
+    gid: int | None,
+    settings: Settings,
+    record: _RecordFn,
+    why: str,
+) -> Record:
+    as_root = settings.euid == 0
+    target = f"/proc/self/fd/{fd}" if via_path else fd
+    new_gid = st.st_gid
+    if as_root and gid is not None and gid != st.st_gid:
+        new_gid = gid
+    mode = ownership.safe_mode(tn.mode, st.st_uid, new_gid, as_root=as_root)
+    notes = [why] if why else []
+    if mode != tn.mode:
+        notes.append(
+            f"set-uid/set-gid dropped (mode {mode:04o}, not {tn.mode:04o}): root never grants them from a name"
+        )
+    try:
+        final_st = os.stat(tn.final, dir_fd=dfd, follow_symlinks=False)
+    except FileNotFoundError:
+        final_st = None
+    if final_st is not None and stat.S_ISDIR(final_st.st_mode):
+        return record(Outcome.LEFT, "the final name is a directory")
+    if as_root and final_st is not None and st.st_uid not in (0, final_st.st_uid):
+        return record(
+            Outcome.LEFT, f"would replace a file owned by uid {final_st.st_uid} with one owned by uid {st.st_uid}"
+        )
+    if settings.dry_run:
+        return record(Outcome.COMMITTED, "; ".join(notes))
+    if new_gid != st.st_gid:
+        os.chown(target, -1, new_gid)
+    if via_path:
+        os.chmod(target, mode)
+    else:
+        os.fchmod(fd, mode)
+    os.utime(target, ns=(st.st_atime_ns if atime_ns is None else atime_ns, tn.mtime_ns))
+    if settings.fsync and not via_path:
+        os.fsync(fd)
+    try:
+        os.rename(name, tn.final, src_dir_fd=dfd, dst_dir_fd=dfd)
+    except FileNotFoundError:
+        return record(Outcome.SKIPPED, "vanished before the rename: done by another process")
+    except IsADirectoryError:
+        return record(Outcome.LEFT, "the final name is a directory")
+    return record(Outcome.COMMITTED, "; ".join(notes))
+
+
+def settle_dir_marker(
+    dfd: int, name: bytes, path: bytes, dm: DirMarker, settings: Settings, *, pending_below: bool
+) -> Record:
+    """Give a directory pre-stage created its source's mode and mtime, then remove its marker.
+
+    The marker lives in the parent, so applying the directory's mtime and then unlinking the marker
+    leaves the directory's own mtime alone, and a crash in between is repaired by a rerun.
+    """
+    final = os.path.join(os.path.dirname(path), dm.final)
+
+    def record(outcome: Outcome, reason: str) -> Record:
+        return Record(path, Kind.DIR, outcome, reason, final=final, mode=dm.mode, mtime_ns=dm.mtime_ns)
+
+    if pending_below:
+        return record(Outcome.LEFT, "the directory still holds unfinished temporaries")
+    try:
+        mfd = os.open(name, _PATH_FLAGS, dir_fd=dfd)
+    except FileNotFoundError:
+        return record(Outcome.SKIPPED, "vanished: done by another process")
+    except OSError as exc:
+        return record(Outcome.LEFT, f"marker cannot be opened: {exc.strerror}")
+    try:
+        mst = os.fstat(mfd)
+    finally:
+        os.close(mfd)
+    if problem := _file_problem(mst):
+        return record(Outcome.LEFT, f"marker {problem}")
+    try:
+        fd = os.open(dm.final, _DIR_FLAGS, dir_fd=dfd)
+    except FileNotFoundError:
+        if not settings.dry_run:
+            _unlink_same(dfd, name, mst)
+        return record(Outcome.ABORTED, "the directory no longer exists")
+    except OSError as exc:
+        reason = "is a symbolic link" if exc.errno == errno.ELOOP else exc.strerror
+        return record(Outcome.LEFT, f"directory cannot be opened: {reason}")
+    try:
+        st = os.fstat(fd)
+        if settings.euid not in {0, st.st_uid}:
+            return record(Outcome.LEFT, f"directory owned by uid {st.st_uid}, not by this user")
+        if mst.st_uid != st.st_uid:
+            return record(Outcome.LEFT, f"marker owned by uid {mst.st_uid} but the directory by uid {st.st_uid}")
+        mode = ownership.safe_mode(dm.mode, st.st_uid, st.st_gid, as_root=settings.euid == 0, directory=True)
+        if not settings.dry_run:
+            os.fchmod(fd, mode)
+            os.utime(fd, ns=(st.st_atime_ns, dm.mtime_ns))
+            if settings.fsync:
+                os.fsync(fd)
+            _unlink_same(dfd, name, mst)
+        return record(Outcome.COMMITTED, "")
+    except OSError as exc:
+        return record(Outcome.LEFT, exc.strerror or str(exc))
+    finally:
+        os.close(fd)
+
+
+class _RecordFn(Protocol):
+    def __call__(self, outcome: Outcome, reason: str, *, in_progress: bool = False) -> Record: ...
+
+
+def _open_temporary(dfd: int, name: bytes) -> tuple[int, bool]:
+    try:
+        return os.open(name, _OPEN_FLAGS, dir_fd=dfd), False
+    except PermissionError:
+        # A temporary whose final mode (say 0000 or 0200) was applied before a crash can no longer be
+        # opened for reading by its owner. An O_PATH descriptor still pins the inode, and
+        # /proc/self/fd/N reaches exactly that inode (what glibc's fchmodat(AT_SYMLINK_NOFOLLOW) does).
+        return os.open(name, _PATH_FLAGS, dir_fd=dfd), True
+
+
+def _open_failure(exc: OSError, record: _RecordFn) -> Record:
+    if exc.errno == errno.ENOENT:
+        return record(Outcome.SKIPPED, "vanished: done by another process")
+    if exc.errno == errno.ELOOP:
+        return record(Outcome.LEFT, "is a symbolic link: refused")
+    if exc.errno in (errno.ENXIO, errno.EOPNOTSUPP):
+        return record(Outcome.LEFT, "not a regular file (socket or device): refused")
+    return record(Outcome.LEFT, f"cannot be opened: {exc.strerror}")
+
+
+def _file_problem(st: os.stat_result) -> str | None:
+    if not stat.S_ISREG(st.st_mode):
+        return "is not a regular file: refused"
+    if st.st_nlink != 1:
+        return f"has {st.st_nlink} hard links: refused"
+    return None
+
+
+def _unlink_same(dfd: int, name: bytes, st: os.stat_result) -> None:
+    # The name may have been swapped since it was opened; unlinking a name never follows it, but only
+    # the file that was judged should go.
+    try:
+        now = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+    except FileNotFoundError:
+        return
+    if (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino):
+        os.unlink(name, dir_fd=dfd)
+
+
+__all__ = ["Settings", "TransferStatus", "settle_dir_marker", "settle_file"]

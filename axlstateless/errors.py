@@ -1,0 +1,68 @@
+"""The one exception hierarchy of axlstateless; every failure a user can meet is one of these.
+
+    AxlError                      exit_code 4 unless a subclass says otherwise
+    ├── UsageError(ValueError)    2: bad arguments or input; nothing was changed
+    │   ├── NameFormatError       a final name or field the name format cannot express
+    │   └── SourceError(OSError)  a pre-stage source that is missing, unreadable or not a regular file
+    ├── PrestageError(OSError)    4: pre-stage could not create a destination temporary or directory
+    ├── WalkError(OSError)        4: a root could not be opened or walked
+    └── BackendError              4: the transfer-status backend failed (bbcmd missing, bad reply)
+        └── WaitTimeout(TimeoutError)  3: gave up waiting on the burst buffer
+
+The CLI turns each into one ``Error: <path>: <reason>`` line and its exit code; the library never
+prints.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import ClassVar
+
+EXIT_OK = 0
+EXIT_ABORTED = 1
+EXIT_USAGE = 2
+EXIT_TIMEOUT = 3
+EXIT_LEFT = 4
+
+
+class AxlError(Exception):
+    """Base of every error axlstateless raises on purpose; carries the path and the reason."""
+
+    exit_code: ClassVar[int] = EXIT_LEFT
+
+    def __init__(self, path: bytes | str | None, reason: str) -> None:
+        self.path = os.fsdecode(path) if path is not None else None
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}" if self.path is not None else reason)
+
+
+class UsageError(AxlError, ValueError):
+    """Bad usage or input, found before anything was changed."""
+
+    exit_code = EXIT_USAGE
+
+
+class NameFormatError(UsageError):
+    """A final name or field that version 1 of the name format cannot express."""
+
+
+class SourceError(UsageError, OSError):
+    """A pre-stage source that is missing, unreadable or not a regular file."""
+
+
+class PrestageError(AxlError, OSError):
+    """Pre-stage could not create a destination temporary or directory."""
+
+
+class WalkError(AxlError, OSError):
+    """A root given to finalize, cleanup or status could not be opened or read."""
+
+
+class BackendError(AxlError):
+    """The transfer-status backend failed; nothing is committed on a guess."""
+
+
+class WaitTimeout(BackendError, TimeoutError):
+    """Gave up waiting for transfers to end; those still running were left for a rerun."""
+
+    exit_code = EXIT_TIMEOUT

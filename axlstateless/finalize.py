@@ -1,0 +1,157 @@
+"""Finalize: walk the roots for temporaries, wait on the backend, commit what arrived, abort what did not."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from .backends.base import Backend
+from .backends.none import NoneBackend
+from .engine import Settings, settle_dir_marker, settle_file
+from .nameformat import DirMarker, LegacyName, TempName, Unrecognised
+from .report import Kind, Outcome, Record, Sink
+from .walk import Listing, open_roots, refuse_type, walk
+
+DEFAULT_WAIT_TIMEOUT = 540.0  # below LSF's 600 s stage-out limit, leaving time to commit
+
+
+def default_jobs() -> int:
+    """Workers: many calls in flight pay off on a parallel file system even on a small node."""
+    return min(16, 4 * (os.cpu_count() or 1))
+
+
+@dataclass
+class FinalizeOptions:
+    backend: Backend | None = None
+    dry_run: bool = False
+    fsync: bool = False
+    jobs: int = 1
+    one_file_system: bool = False
+    wait_timeout: float = DEFAULT_WAIT_TIMEOUT
+
+
+def finalize(
+    roots: Sequence[bytes | str],
+    sink: Sink,
+    options: FinalizeOptions | None = None,
+    *,
+    progress: Callable[[str], None] | None = None,
+) -> None:
+    """Commit or abort every temporary below `roots`, reporting exactly one `Record` each to `sink`.
+
+    Raises `UsageError` for a missing root (before anything changes) and `BackendError` when the backend
+    fails before any verdict could be reached.
+    """
+    opts = options or FinalizeOptions()
+    backend = opts.backend or NoneBackend()
+    opened = open_roots(roots)
+    try:
+        if backend.uses_handles:
+            handles = collect_handles(opened)
+            backend.wait(handles, opts.wait_timeout, progress or (lambda _m: None))
+        settings = Settings(backend, dry_run=opts.dry_run, fsync=opts.fsync)
+        visitor = FinalizeVisitor(settings, sink)
+        walk(_dup_roots(opened), visitor, jobs=opts.jobs, one_file_system=opts.one_file_system)
+    finally:
+        for _, fd in opened:
+            os.close(fd)
+
+
+def _dup_roots(opened: list[tuple[bytes, int]]) -> list[tuple[bytes, int]]:
+    return [(path, os.dup(fd)) for path, fd in opened]
+
+
+def collect_handles(opened: list[tuple[bytes, int]]) -> set[int]:
+    """The transfer handles named by the temporaries below the roots (one read-only pass)."""
+    handles: set[int] = set()
+
+    class _Collect:
+        def visit(self, listing: Listing) -> bool:
+            for entry in listing.entries:
+                if isinstance(entry.parsed, TempName) and entry.parsed.handle is not None:
+                    handles.add(entry.parsed.handle)
+            return False
+
+        def finish(self, listing: Listing, pending_children: dict[bytes, bool]) -> bool:
+            return False
+
+        def error(self, path: bytes, exc: OSError) -> None:
+            pass
+
+    walk(_dup_roots(opened), _Collect())
+    return handles
+
+
+class FinalizeVisitor:
+    """Settles each directory's temporaries as the walk reaches it, and its markers once it is finished."""
+
+    def __init__(self, settings: Settings, sink: Sink) -> None:
+        self.settings = settings
+        self.sink = sink
+
+    def visit(self, listing: Listing) -> bool:
+        pending = committed = False
+        clashes = _clashing_finals(listing)
+        for entry in listing.entries:
+            parsed = entry.parsed
+            path = os.path.join(listing.path, entry.name)
+            if isinstance(parsed, DirMarker):
+                continue
+            if isinstance(parsed, TempName):
+                final = os.path.join(listing.path, parsed.final)
+                if why := refuse_type(entry):
+                    record = Record(path, Kind.FILE, Outcome.LEFT, f"{why}: refused", final=final, mode=parsed.mode)
+                elif parsed.final in clashes:
+                    n = clashes[parsed.final]
+                    record = Record(path, Kind.FILE, Outcome.LEFT, f"{n} temporaries for one final name", final=final)
+                else:
+                    record = settle_file(listing.fd, entry.name, path, parsed, self.settings)
+            elif isinstance(parsed, LegacyName):
+                record = Record(
+                    path,
+                    Kind.LEGACY,
+                    Outcome.SKIPPED,
+                    "legacy AXL temporary: no mode or size to verify; never committed (cleanup removes it)",
+                    final=os.path.join(listing.path, parsed.final),
+                    handle=parsed.handle,
+                )
+            elif isinstance(parsed, Unrecognised):
+                record = Record(path, Kind.UNRECOGNISED, Outcome.SKIPPED, f"unrecognised name: {parsed.reason}")
+            pending |= record.outcome is Outcome.LEFT
+            committed |= record.outcome is Outcome.COMMITTED
+            self.sink(record)
+        if committed and self.settings.fsync and not self.settings.dry_run:
+            # One directory fsync after all its renames (Syncthing batches them too): each file was
+            # fsynced before its rename, so a crash before this loses only renames, which a rerun redoes.
+            os.fsync(listing.fd)
+        return pending
+
+    def finish(self, listing: Listing, pending_children: dict[bytes, bool]) -> bool:
+        pending = False
+        for entry in listing.entries:
+            if not isinstance(entry.parsed, DirMarker):
+                continue
+            path = os.path.join(listing.path, entry.name)
+            if why := refuse_type(entry):
+                final = os.path.join(listing.path, entry.parsed.final)
+                record = Record(path, Kind.DIR, Outcome.LEFT, f"marker {why}: refused", final=final)
+            else:
+                below = pending_children.get(entry.parsed.final, False)
+                record = settle_dir_marker(
+                    listing.fd, entry.name, path, entry.parsed, self.settings, pending_below=below
+                )
+            pending |= record.outcome is Outcome.LEFT
+            self.sink(record)
+        return pending
+
+    def error(self, path: bytes, exc: OSError) -> None:
+        self.sink(Record(path, Kind.DIR, Outcome.LEFT, f"directory cannot be read: {exc.strerror or exc}"))
+
+
+def _clashing_finals(listing: Listing) -> dict[bytes, int]:
+    # Pre-stage keeps one temporary per final path; two mean a race or a forgery, and choosing one
+    # would be a guess, so both are left for a person.
+    counts = Counter(e.parsed.final for e in listing.entries if isinstance(e.parsed, TempName))
+    return {final: n for final, n in counts.items() if n > 1}

@@ -1,0 +1,233 @@
+"""The tree walk: through directory file descriptors only, never following a symlink, never leaving the
+roots, post-order (a directory is finished after everything below it, deepest first, as mpifileutils
+sets directory metadata), with one directory's entries handled by one worker at a time (mpifileutils'
+drm: workers do not fight over a directory's lock on a parallel file system).
+
+Memory does not grow with the number of temporaries: a directory is listed, handled and released; open
+descriptors are bounded by the depth of the tree times the number of workers, because workers take the
+most recently found directory first (depth-first), and a directory's descriptor is closed when its
+subtree is finished.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Final, Protocol
+
+from . import nameformat
+from .errors import UsageError, WalkError
+from .nameformat import Parsed
+
+_DIR_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_MARKER_STR: Final = os.fsdecode(nameformat.MARKER)
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """A directory entry whose name carries the marker, with what the listing said of its type."""
+
+    name: bytes
+    parsed: Parsed
+    dtype: str  # "file", "dir", "symlink" or "other", from d_type (or an lstat where d_type is unknown)
+
+
+@dataclass
+class Listing:
+    """One directory's entries of interest."""
+
+    fd: int
+    path: bytes
+    entries: list[Entry] = field(default_factory=list)
+    subdirs: list[bytes] = field(default_factory=list)
+
+
+class Visitor(Protocol):
+    def visit(self, listing: Listing) -> bool:
+        """Handle a directory's own entries (not its markers); True when something was left pending."""
+
+    def finish(self, listing: Listing, pending_children: dict[bytes, bool]) -> bool:
+        """Handle a directory's markers once every subdirectory is finished; True when left pending."""
+
+    def error(self, path: bytes, exc: OSError) -> None:
+        """A directory below a root could not be opened or listed (it is reported, the walk goes on)."""
+
+
+def open_roots(roots: Sequence[bytes | str]) -> list[tuple[bytes, int]]:
+    """Open every root before anything is done, so a typo fails the run with nothing changed.
+
+    A root is opened as named (symlinks in the path the user typed are theirs to choose); nothing
+    below it is ever reached through a symlink.
+    """
+    opened: list[tuple[bytes, int]] = []
+    try:
+        for root in roots:
+            path = os.fsencode(root)
+            try:
+                opened.append((path, os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)))
+            except FileNotFoundError:
+                raise UsageError(path, "no such directory") from None
+            except NotADirectoryError:
+                raise UsageError(path, "not a directory") from None
+            except OSError as exc:
+                raise WalkError(path, exc.strerror or str(exc)) from None
+    except BaseException:
+        for _, fd in opened:
+            os.close(fd)
+        raise
+    return opened
+
+
+def list_directory(fd: int, path: bytes) -> Listing:
+    listing = Listing(fd, path)
+    with os.scandir(fd) as it:
+        for de in it:
+            name = de.name
+            if _MARKER_STR in name:
+                bname = os.fsencode(name)
+                parsed = nameformat.parse(bname)
+                if parsed is not None:
+                    listing.entries.append(Entry(bname, parsed, _dtype(de)))
+            if de.is_dir(follow_symlinks=False):
+                listing.subdirs.append(os.fsencode(name))
+    return listing
+
+
+def _dtype(de: os.DirEntry[str]) -> str:
+    if de.is_symlink():
+        return "symlink"
+    if de.is_file(follow_symlinks=False):
+        return "file"
+    if de.is_dir(follow_symlinks=False):
+        return "dir"
+    return "other"
+
+
+@dataclass(eq=False)
+class _Node:
+    path: bytes
+    name: bytes
+    parent: _Node | None
+    fd: int = -1
+    listing: Listing | None = None
+    remaining: int = 1  # unfinished children, plus one for the directory's own visit
+    pending: bool = False
+    children: dict[bytes, bool] = field(default_factory=dict)
+
+
+class _Walker:
+    def __init__(self, visitor: Visitor, jobs: int, one_file_system: bool) -> None:
+        self.visitor = visitor
+        self.jobs = max(1, jobs)
+        self.one_file_system = one_file_system
+        self.stack: list[_Node] = []
+        self.cond = threading.Condition()
+        self.active = 0
+        self.failure: BaseException | None = None
+        self.lock = threading.Lock()
+
+    def run(self, roots: list[tuple[bytes, int]]) -> None:
+        for path, fd in roots:
+            root = _Node(path, b"", None, fd)
+            root.remaining = 1
+            self.stack.append(root)
+        if self.jobs == 1:
+            self._work()
+        else:
+            threads = [threading.Thread(target=self._work, daemon=True) for _ in range(self.jobs)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+        if self.failure is not None:
+            raise self.failure
+
+    def _work(self) -> None:
+        while True:
+            with self.cond:
+                while not self.stack and self.active and self.failure is None:
+                    self.cond.wait()
+                if not self.stack or self.failure is not None:
+                    self.cond.notify_all()
+                    return
+                node = self.stack.pop()
+                self.active += 1
+            try:
+                self._visit(node)
+            except BaseException as exc:  # a bug or KeyboardInterrupt: stop every worker, re-raise once
+                with self.cond:
+                    self.failure = self.failure or exc
+            finally:
+                with self.cond:
+                    self.active -= 1
+                    self.cond.notify_all()
+
+    def _visit(self, node: _Node) -> None:
+        if node.fd < 0:
+            if node.parent is None:  # only roots have no parent, and they are opened up front
+                raise AssertionError(node.path)
+            try:
+                node.fd = os.open(node.name, _DIR_FLAGS, dir_fd=node.parent.fd)
+                if self.one_file_system and os.fstat(node.fd).st_dev != os.fstat(node.parent.fd).st_dev:
+                    os.close(node.fd)
+                    node.fd = -1
+                    self._done(node)
+                    return
+            except OSError as exc:
+                self.visitor.error(node.path, exc)
+                node.pending = True
+                self._done(node)
+                return
+        try:
+            node.listing = list_directory(node.fd, node.path)
+        except OSError as exc:
+            self.visitor.error(node.path, exc)
+            node.pending = True
+            self._done(node)
+            return
+        node.pending |= self.visitor.visit(node.listing)
+        children = [_Node(os.path.join(node.path, n), n, node) for n in node.listing.subdirs]
+        with self.lock:
+            node.remaining += len(children)
+        with self.cond:
+            # Reversed so that the first listed subdirectory is taken first (the stack is LIFO).
+            self.stack.extend(reversed(children))
+            self.cond.notify_all()
+        self._done(node)
+
+    def _done(self, node: _Node) -> None:
+        while node is not None:
+            with self.lock:
+                node.remaining -= 1
+                if node.remaining:
+                    return
+            if node.listing is not None:
+                node.pending |= self.visitor.finish(node.listing, node.children)
+            if node.fd >= 0:
+                os.close(node.fd)
+                node.fd = -1
+            parent = node.parent
+            if parent is None:
+                return
+            with self.lock:
+                parent.children[node.name] = node.pending
+                parent.pending |= node.pending
+            node = parent
+
+
+def walk(roots: list[tuple[bytes, int]], visitor: Visitor, *, jobs: int = 1, one_file_system: bool = False) -> None:
+    """Walk the opened `roots` (their descriptors are closed), calling `visitor` for every directory."""
+    _Walker(visitor, jobs, one_file_system).run(roots)
+
+
+def refuse_type(entry: Entry) -> str | None:
+    """Why an entry must not be opened as a temporary, from its listed type, or None for a regular file.
+
+    Known before any open: a FIFO is never opened, a device never touched (fstat after the open still
+    guards against a swap in between).
+    """
+    return {"file": None, "symlink": "is a symbolic link", "dir": "is a directory"}.get(
+        entry.dtype, "is not a regular file"
+    )
