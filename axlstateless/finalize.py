@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from .backends.base import Backend
 from .backends.none import NoneBackend
 from .engine import Settings, settle_dir_marker, settle_file
-from .nameformat import DirMarker, LegacyName, TempName, Unrecognised
+from .nameformat import MARKER, DirMarker, LegacyName, TempName, Unrecognised, parse
 from .report import Kind, Outcome, Record, Sink
 from .walk import Listing, open_roots, refuse_type, walk
 
@@ -148,6 +148,36 @@ class FinalizeVisitor:
 
     def error(self, path: bytes, exc: OSError) -> None:
         self.sink(Record(path, Kind.DIR, Outcome.LEFT, f"directory cannot be read: {exc.strerror or exc}"))
+
+    def root_done(self, listing: Listing, pending: bool) -> None:
+        """Apply the marker of a root that pre-stage created (``prestage -r src dst`` makes dst).
+
+        Its marker lives in the root's parent: the one entry outside the roots finalize reads or
+        removes, and only when it names the very directory that was walked (same device and inode).
+        """
+        parent = os.path.dirname(os.path.abspath(listing.path))
+        base = os.path.basename(os.path.abspath(listing.path))
+        try:
+            pfd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            return
+        try:
+            here = os.fstat(listing.fd)
+            there = os.stat(base, dir_fd=pfd, follow_symlinks=False)
+            if (here.st_dev, here.st_ino) != (there.st_dev, there.st_ino):
+                return
+            for name in os.listdir(pfd):
+                bname = os.fsencode(name)
+                if not bname.startswith(base + MARKER):
+                    continue
+                parsed = parse(bname)
+                if isinstance(parsed, DirMarker) and parsed.final == base:
+                    path = os.path.join(parent, bname)
+                    self.sink(settle_dir_marker(pfd, bname, path, parsed, self.settings, pending_below=pending))
+        except OSError:
+            return
+        finally:
+            os.close(pfd)
 
 
 def _clashing_finals(listing: Listing) -> dict[bytes, int]:

@@ -54,6 +54,8 @@ class Visitor(Protocol):
     def error(self, path: bytes, exc: OSError) -> None:
         """A directory below a root could not be opened or listed (it is reported, the walk goes on)."""
 
+    # Optional: ``root_done(listing, pending)`` is called once a root's whole tree is finished.
+
 
 def open_roots(roots: Sequence[bytes | str]) -> list[tuple[bytes, int]]:
     """Open every root before anything is done, so a typo fails the run with nothing changed.
@@ -205,6 +207,8 @@ class _Walker:
                     return
             if node.listing is not None:
                 node.pending |= self.visitor.finish(node.listing, node.children)
+                if node.parent is None and (root_done := getattr(self.visitor, "root_done", None)):
+                    root_done(node.listing, node.pending)
             if node.fd >= 0:
                 os.close(node.fd)
                 node.fd = -1

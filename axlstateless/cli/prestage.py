@@ -15,7 +15,7 @@ from .options import handles_errors
 
 
 @click.command("prestage")
-@click.argument("paths", nargs=-1, type=click.Path(), metavar="[SRC... DEST]")
+@click.argument("paths", nargs=-1, type=click.Path(readable=False), metavar="[SRC... DEST]")
 @click.option("-r", "--recursive", is_flag=True, help="Pre-stage directories and everything below them.")
 @click.option(
     "--from-list", "from_list", type=click.File("rb"), help="Read SRC<TAB>DST pairs, one a line ('-': stdin)."
