@@ -1,0 +1,68 @@
+"""``axl-stateless demo``."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from axlstateless.demo import remove_workdir, run_demo
+
+from .options import handles_errors
+
+
+@click.command("demo")
+@click.option("--ranks", type=click.IntRange(1, 4096), default=64, show_default=True, help="MPI ranks to play.")
+@click.option("--seed", type=int, default=1, show_default=True, help="Seed of the sizes and of which transfers fail.")
+@click.option("--failures", type=click.IntRange(min=0), default=3, show_default=True, help="Transfers made to fail.")
+@click.option(
+    "--dir",
+    "workdir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Scratch directory (default: a new one under $TMPDIR).",
+)
+@click.option("--keep", is_flag=True, help="Keep the scratch directory to look at (bb/, pfs/, spool/, the report).")
+@click.option("-q", "--quiet", is_flag=True, help="Only the table.")
+@handles_errors
+def command(ranks: int, seed: int, failures: int, workdir: Path | None, keep: bool, quiet: bool) -> None:
+    """Rehearse a whole job against the simulated IBM burst buffer, and check the result.
+
+    Ranks write a checkpoint (timestep.0.root, timestep.0/data.RANK; some read-only, some empty),
+    pre-stage it with one BB handle per rank, start the simulated copies with a few injected failures,
+    end the job, and run the post-stage finalize through bbcmd's command line. Every final file is
+    then compared with its source. Exit 0 when the outcome is exactly the expected one.
+    """
+
+    def log(message: str) -> None:
+        if not quiet:
+            click.echo(f"demo: {message}", err=True)
+
+    if workdir is not None:
+        workdir.mkdir(parents=True, exist_ok=True)
+    result = run_demo(ranks=ranks, seed=seed, failures=failures, workdir=workdir, log=log)
+    rows = [
+        ("ranks", str(result.ranks)),
+        ("files written", str(result.files)),
+        (
+            "transfers failed (injected)",
+            f"{len(result.failed_handles)} (handles {', '.join(map(str, result.failed_handles)) or '-'})",
+        ),
+        ("committed (files + directories)", f"{result.committed} (expected {result.expected_committed})"),
+        ("aborted", f"{result.aborted} (expected {result.expected_aborted})"),
+        ("left", str(result.left)),
+        ("verified identical to source", f"{result.verified} (content, mode, mtime)"),
+        ("post-stage finalize", f"{result.finalize_elapsed:.2f}s (exit {result.exit_code})"),
+        ("elapsed", f"{result.elapsed:.2f}s"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        click.echo(f"{key:<{width}}  {value}")
+    for problem in result.mismatches[:20]:
+        click.echo(f"MISMATCH {problem}", err=True)
+    click.echo(f"result: {'as expected' if result.as_expected else 'NOT as expected'}")
+    if keep:
+        click.echo(f"kept: {result.workdir}")
+    elif workdir is None:
+        remove_workdir(result.workdir)
+    sys.exit(0 if result.as_expected else 1)
