@@ -32,6 +32,7 @@ from .nameformat import DirMarker, TempName
 from .report import Kind, Outcome, Record
 from .verdict import Action, decide
 
+_VANISHED: Final = "vanished: done by another process"
 _OPEN_FLAGS: Final = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 _DIR_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _PATH_FLAGS: Final = getattr(os, "O_PATH", 0o10000000) | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -78,6 +79,8 @@ def settle_file(dfd: int, name: bytes, path: bytes, tn: TempName, settings: Sett
         return _open_failure(exc, record)
     try:
         st = os.fstat(fd)
+        if st.st_nlink == 0:  # unlinked by another finalizer (or cleanup) since we opened it
+            return record(Outcome.SKIPPED, _VANISHED)
         if problem := _file_problem(st):
             return record(Outcome.LEFT, problem)
         extras = read_extras(fd)
@@ -89,6 +92,9 @@ def settle_file(dfd: int, name: bytes, path: bytes, tn: TempName, settings: Sett
                 _unlink_same(dfd, name, st)
             return record(Outcome.ABORTED, why)
         return _commit(dfd, fd, via_path, name, tn, st, extras.atime_ns, extras.gid, settings, record, why)
+    except FileNotFoundError:
+        # Only the temporary's own name can be missing here: another process committed or aborted it.
+        return record(Outcome.SKIPPED, _VANISHED)
     except OSError as exc:
         return record(Outcome.LEFT, f"{exc.strerror or exc}")
     finally:
@@ -172,15 +178,24 @@ def settle_dir_marker(
         return record(Outcome.LEFT, f"marker cannot be opened: {exc.strerror}")
     try:
         mst = os.fstat(mfd)
+    except OSError as exc:
+        return record(Outcome.LEFT, f"marker cannot be read: {exc.strerror}")
     finally:
         os.close(mfd)
+    if mst.st_nlink == 0:
+        return record(Outcome.SKIPPED, _VANISHED)
     if problem := _file_problem(mst):
         return record(Outcome.LEFT, f"marker {problem}")
     try:
         fd = os.open(dm.final, _DIR_FLAGS, dir_fd=dfd)
     except FileNotFoundError:
         if not settings.dry_run:
-            _unlink_same(dfd, name, mst)
+            try:
+                _unlink_same(dfd, name, mst)
+            except FileNotFoundError:
+                return record(Outcome.SKIPPED, _VANISHED)
+            except OSError as exc:
+                return record(Outcome.LEFT, f"marker cannot be removed: {exc.strerror}")
         return record(Outcome.ABORTED, "the directory no longer exists")
     except OSError as exc:
         reason = "is a symbolic link" if exc.errno == errno.ELOOP else exc.strerror
@@ -199,6 +214,8 @@ def settle_dir_marker(
                 os.fsync(fd)
             _unlink_same(dfd, name, mst)
         return record(Outcome.COMMITTED, "")
+    except FileNotFoundError:  # the marker went while we worked: another process applied it
+        return record(Outcome.SKIPPED, _VANISHED)
     except OSError as exc:
         return record(Outcome.LEFT, exc.strerror or str(exc))
     finally:
@@ -240,12 +257,12 @@ def _file_problem(st: os.stat_result) -> str | None:
 def _unlink_same(dfd: int, name: bytes, st: os.stat_result) -> None:
     # The name may have been swapped since it was opened; unlinking a name never follows it, but only
     # the file that was judged should go.
-    try:
-        now = os.stat(name, dir_fd=dfd, follow_symlinks=False)
-    except FileNotFoundError:
-        return
-    if (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino):
-        os.unlink(name, dir_fd=dfd)
+    # A name that is gone, or now names another file, raises FileNotFoundError: another process did the
+    # work, and only one of them may report it (issue 5: four finalizers at once).
+    now = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+    if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
+        raise FileNotFoundError(errno.ENOENT, "replaced since it was judged", name)
+    os.unlink(name, dir_fd=dfd)
 
 
 __all__ = ["Settings", "TransferStatus", "settle_dir_marker", "settle_file"]
