@@ -15,6 +15,11 @@ The commit order is fixed by the promises:
 5. ``renameat`` within the directory: the final name appears only now, complete, with its mode and times.
 
 An abort unlinks the temporary; the old final file, if any, stays.
+
+Cleanup (issue 4) runs the same steps with an `OrphanPolicy` in `Settings`: after the ``fstat``, a
+temporary that is not an orphan (too young, its transfer in progress) is skipped untouched; an orphan goes
+through the same refusals and verdict, and is not deleted after all if the file was written to since
+it was judged (its ctime or size moved).
 """
 
 from __future__ import annotations
@@ -27,8 +32,9 @@ from typing import Final, Protocol
 
 from . import ownership
 from .backends.base import Backend, TransferState, TransferStatus
-from .metadata import read_extras
-from .nameformat import DirMarker, TempName
+from .metadata import Extras, read_extras
+from .nameformat import DirMarker, LegacyName, TempName
+from .orphan import BEING_WRITTEN, CONTENTS_PENDING, IN_TRANSFER, OrphanPolicy
 from .report import Kind, Outcome, Record
 from .verdict import Action, decide
 
@@ -46,6 +52,7 @@ class Settings:
     dry_run: bool = False
     fsync: bool = False
     euid: int = -1
+    orphans: OrphanPolicy | None = None  # cleanup's policy (or, not acting, status's annotations)
 
     def __post_init__(self) -> None:
         if self.euid == -1:
@@ -53,8 +60,15 @@ class Settings:
 
 
 def settle_file(dfd: int, name: bytes, path: bytes, tn: TempName, settings: Settings) -> Record:
-    """Commit, abort or leave the file temporary `name` in directory `dfd`; never raises OSError."""
+    """Commit, abort or leave the file temporary `name` in directory `dfd`; never raises OSError.
+
+    With an acting orphan policy (cleanup) a temporary that is not an orphan is skipped untouched, and
+    with ``delete_only`` a complete one is deleted instead of committed.
+    """
     transfer = settings.backend.status(tn.handle)
+    policy = settings.orphans
+    age_ns: int | None = None
+    waiting: str | None = None
 
     def record(outcome: Outcome, reason: str, *, in_progress: bool = False) -> Record:
         return Record(
@@ -69,9 +83,14 @@ def settle_file(dfd: int, name: bytes, path: bytes, tn: TempName, settings: Sett
             handle=tn.handle,
             transfer=transfer.detail,
             in_progress=in_progress,
+            extra=None if policy is None else policy.annotate(Kind.FILE, outcome, age_ns, waiting),
         )
 
     if transfer.state is TransferState.IN_PROGRESS:
+        if policy is not None:
+            age_ns, waiting = _age_by_name(dfd, name, policy), IN_TRANSFER
+            if policy.act:
+                return record(Outcome.SKIPPED, policy.why_not(waiting, age_ns))
         return record(Outcome.LEFT, "transfer still in progress", in_progress=True)
     try:
         fd, via_path = _open_temporary(dfd, name)
@@ -83,13 +102,24 @@ def settle_file(dfd: int, name: bytes, path: bytes, tn: TempName, settings: Sett
             return record(Outcome.SKIPPED, _VANISHED)
         if problem := _file_problem(st):
             return record(Outcome.LEFT, problem)
-        extras = read_extras(fd)
+        if policy is not None:
+            # Judged on this descriptor's fstat, the inode about to be acted on, not on a listing.
+            age_ns = policy.age_ns(st)
+            waiting = policy.waiting(in_transfer=False, age_ns=age_ns)
+            if waiting and policy.act:
+                return record(Outcome.SKIPPED, policy.why_not(waiting, age_ns))
+        # Ownership first for a non-root user: another user's unreadable temporary is held by an O_PATH
+        # descriptor, whose xattrs cannot be read (EBADF), and the true reason is that it is not ours.
+        extras = Extras() if settings.euid not in {0, st.st_uid} else read_extras(fd)
         if refusal := ownership.refusal(st, extras.uid, extras.gid, settings.euid):
             return record(Outcome.LEFT, refusal)
         action, why = decide(transfer, expected_size=tn.size, actual_size=st.st_size)
+        if action is Action.COMMIT and policy is not None and policy.act and policy.delete_only:
+            action, why = Action.ABORT, "complete, but deleted without commit (--delete-only)"
         if action is Action.ABORT:
-            if not settings.dry_run:
-                _unlink_same(dfd, name, st)
+            if not settings.dry_run and not _unlink_same(dfd, name, st, unchanged=policy is not None):
+                waiting = BEING_WRITTEN
+                return record(Outcome.SKIPPED, "not an orphan: written to while being judged")
             return record(Outcome.ABORTED, why)
         return _commit(dfd, fd, via_path, name, tn, st, extras.atime_ns, extras.gid, settings, record, why)
     except FileNotFoundError:
@@ -164,11 +194,19 @@ def settle_dir_marker(
     leaves the directory's own mtime alone, and a crash in between is repaired by a rerun.
     """
     final = os.path.join(os.path.dirname(path), dm.final)
+    policy = settings.orphans
+    age_ns: int | None = None
+    waiting: str | None = None
 
     def record(outcome: Outcome, reason: str) -> Record:
-        return Record(path, Kind.DIR, outcome, reason, final=final, mode=dm.mode, mtime_ns=dm.mtime_ns)
+        extra = None if policy is None else policy.annotate(Kind.DIR, outcome, age_ns, waiting)
+        return Record(path, Kind.DIR, outcome, reason, final=final, mode=dm.mode, mtime_ns=dm.mtime_ns, extra=extra)
 
     if pending_below:
+        if policy is not None and policy.act:
+            # Cleanup: what is below is not an orphan yet (or was reported left); the marker waits with it.
+            waiting = CONTENTS_PENDING
+            return record(Outcome.SKIPPED, policy.why_not(waiting, None))
         return record(Outcome.LEFT, "the directory still holds unfinished temporaries")
     try:
         mfd = os.open(name, _PATH_FLAGS, dir_fd=dfd)
@@ -186,6 +224,11 @@ def settle_dir_marker(
         return record(Outcome.SKIPPED, _VANISHED)
     if problem := _file_problem(mst):
         return record(Outcome.LEFT, f"marker {problem}")
+    if policy is not None:
+        age_ns = policy.age_ns(mst)
+        waiting = policy.waiting(in_transfer=False, age_ns=age_ns)
+        if waiting and policy.act:
+            return record(Outcome.SKIPPED, policy.why_not(waiting, age_ns))
     try:
         fd = os.open(dm.final, _DIR_FLAGS, dir_fd=dfd)
     except FileNotFoundError:
@@ -222,6 +265,76 @@ def settle_dir_marker(
         os.close(fd)
 
 
+LEGACY_SKIPPED = "legacy AXL temporary: no mode or size to verify; never committed (cleanup removes it)"
+
+
+def settle_legacy(
+    dfd: int, name: bytes, path: bytes, ln: LegacyName, settings: Settings, *, refused: str | None = None
+) -> Record:
+    """A legacy AXL temporary (``<final>._AXL[handle]``): never committed, since nothing verifies it.
+
+    Finalize (no orphan policy) skips it without opening it. Cleanup deletes it once it is an orphan,
+    after the same refusals as a temporary of ours (`refused`: why its listed type already rules it
+    out). Status reports finalize's skip, annotated with what cleanup would do.
+    """
+    final = os.path.join(os.path.dirname(path), ln.final)
+    policy = settings.orphans
+    transfer = None if policy is None else settings.backend.status(ln.handle)
+    age_ns: int | None = None
+    waiting: str | None = None
+
+    def record(outcome: Outcome, reason: str, *, in_progress: bool = False) -> Record:
+        extra = None if policy is None else policy.annotate(Kind.LEGACY, outcome, age_ns, waiting)
+        if policy is None or not policy.act:
+            outcome, reason = Outcome.SKIPPED, LEGACY_SKIPPED
+        detail = None if transfer is None else transfer.detail
+        return Record(path, Kind.LEGACY, outcome, reason, final=final, handle=ln.handle, transfer=detail, extra=extra)
+
+    if policy is None:
+        return record(Outcome.SKIPPED, LEGACY_SKIPPED)
+    if refused:
+        return record(Outcome.LEFT, f"{refused}: refused")
+    if transfer is not None and transfer.state is TransferState.IN_PROGRESS:
+        age_ns, waiting = _age_by_name(dfd, name, policy), IN_TRANSFER
+        return record(Outcome.SKIPPED, policy.why_not(waiting, age_ns))
+    try:
+        fd, _via_path = _open_temporary(dfd, name)
+    except OSError as exc:
+        return _open_failure(exc, record)
+    try:
+        st = os.fstat(fd)
+        if st.st_nlink == 0:  # unlinked by another finalizer (or cleanup) since we opened it
+            return record(Outcome.SKIPPED, _VANISHED)
+        if problem := _file_problem(st):
+            return record(Outcome.LEFT, problem)
+        age_ns = policy.age_ns(st)
+        waiting = policy.waiting(in_transfer=False, age_ns=age_ns)
+        if waiting:
+            return record(Outcome.SKIPPED, policy.why_not(waiting, age_ns))
+        extras = Extras() if settings.euid not in {0, st.st_uid} else read_extras(fd)
+        if refusal := ownership.refusal(st, extras.uid, extras.gid, settings.euid):
+            return record(Outcome.LEFT, refusal)
+        if policy.act and not settings.dry_run and not _unlink_same(dfd, name, st, unchanged=True):
+            waiting = BEING_WRITTEN
+            return record(Outcome.SKIPPED, "not an orphan: written to while being judged")
+        return record(Outcome.ABORTED, "orphaned legacy AXL temporary: deleted (no mode or size to verify a commit)")
+    except FileNotFoundError:
+        # Only the temporary's own name can be missing here: another process committed or aborted it.
+        return record(Outcome.SKIPPED, _VANISHED)
+    except OSError as exc:
+        return record(Outcome.LEFT, f"{exc.strerror or exc}")
+    finally:
+        os.close(fd)
+
+
+def _age_by_name(dfd: int, name: bytes, policy: OrphanPolicy) -> int | None:
+    # Only for the report: a temporary whose transfer runs is not opened, but its age is still shown.
+    try:
+        return policy.age_ns(os.stat(name, dir_fd=dfd, follow_symlinks=False))
+    except OSError:
+        return None
+
+
 class _RecordFn(Protocol):
     def __call__(self, outcome: Outcome, reason: str, *, in_progress: bool = False) -> Record: ...
 
@@ -254,15 +367,19 @@ def _file_problem(st: os.stat_result) -> str | None:
     return None
 
 
-def _unlink_same(dfd: int, name: bytes, st: os.stat_result) -> None:
+def _unlink_same(dfd: int, name: bytes, st: os.stat_result, *, unchanged: bool = False) -> bool:
     # The name may have been swapped since it was opened; unlinking a name never follows it, but only
-    # the file that was judged should go.
+    # the file that was judged should go. With `unchanged` (cleanup), a file written to since it was
+    # judged old is not an orphan after all: False, and it stays.
     # A name that is gone, or now names another file, raises FileNotFoundError: another process did the
     # work, and only one of them may report it (issue 5: four finalizers at once).
     now = os.stat(name, dir_fd=dfd, follow_symlinks=False)
     if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
         raise FileNotFoundError(errno.ENOENT, "replaced since it was judged", name)
+    if unchanged and (now.st_ctime_ns, now.st_size) != (st.st_ctime_ns, st.st_size):
+        return False
     os.unlink(name, dir_fd=dfd)
+    return True
 
 
-__all__ = ["Settings", "TransferStatus", "settle_dir_marker", "settle_file"]
+__all__ = ["Settings", "TransferStatus", "settle_dir_marker", "settle_file", "settle_legacy"]

@@ -9,8 +9,9 @@ from dataclasses import dataclass
 
 from .backends.base import Backend
 from .backends.none import NoneBackend
-from .engine import Settings, settle_dir_marker, settle_file
+from .engine import Settings, settle_dir_marker, settle_file, settle_legacy
 from .nameformat import MARKER, DirMarker, LegacyName, TempName, Unrecognised, parse
+from .orphan import OrphanPolicy, holds_directory
 from .report import Kind, Outcome, Record, Sink
 from .walk import Listing, open_roots, refuse_type, walk
 
@@ -30,6 +31,8 @@ class FinalizeOptions:
     jobs: int = 1
     one_file_system: bool = False
     wait_timeout: float = DEFAULT_WAIT_TIMEOUT
+    # Set by cleanup and status (issue 4), not a finalize flag: cleanup's policy, or status's annotations.
+    orphans: OrphanPolicy | None = None
 
 
 def finalize(
@@ -49,9 +52,9 @@ def finalize(
     opened = open_roots(roots)
     try:
         if backend.uses_handles:
-            handles = collect_handles(opened)
+            handles = collect_handles(opened, legacy=opts.orphans is not None)
             backend.wait(handles, opts.wait_timeout, progress or (lambda _m: None))
-        settings = Settings(backend, dry_run=opts.dry_run, fsync=opts.fsync)
+        settings = Settings(backend, dry_run=opts.dry_run, fsync=opts.fsync, orphans=opts.orphans)
         visitor = FinalizeVisitor(settings, sink)
         walk(_dup_roots(opened), visitor, jobs=opts.jobs, one_file_system=opts.one_file_system)
     finally:
@@ -63,14 +66,16 @@ def _dup_roots(opened: list[tuple[bytes, int]]) -> list[tuple[bytes, int]]:
     return [(path, os.dup(fd)) for path, fd in opened]
 
 
-def collect_handles(opened: list[tuple[bytes, int]]) -> set[int]:
-    """The transfer handles named by the temporaries below the roots (one read-only pass)."""
+def collect_handles(opened: list[tuple[bytes, int]], *, legacy: bool = False) -> set[int]:
+    """The transfer handles named by the temporaries below the roots (one read-only pass); with `legacy`,
+    those of legacy AXL temporaries too (cleanup must not delete one whose transfer still runs)."""
     handles: set[int] = set()
+    kinds = (TempName, LegacyName) if legacy else (TempName,)
 
     class _Collect:
         def visit(self, listing: Listing) -> bool:
             for entry in listing.entries:
-                if isinstance(entry.parsed, TempName) and entry.parsed.handle is not None:
+                if isinstance(entry.parsed, kinds) and entry.parsed.handle is not None:
                     handles.add(entry.parsed.handle)
             return False
 
@@ -109,17 +114,10 @@ class FinalizeVisitor:
                 else:
                     record = settle_file(listing.fd, entry.name, path, parsed, self.settings)
             elif isinstance(parsed, LegacyName):
-                record = Record(
-                    path,
-                    Kind.LEGACY,
-                    Outcome.SKIPPED,
-                    "legacy AXL temporary: no mode or size to verify; never committed (cleanup removes it)",
-                    final=os.path.join(listing.path, parsed.final),
-                    handle=parsed.handle,
-                )
+                record = settle_legacy(listing.fd, entry.name, path, parsed, self.settings, refused=refuse_type(entry))
             elif isinstance(parsed, Unrecognised):
                 record = Record(path, Kind.UNRECOGNISED, Outcome.SKIPPED, f"unrecognised name: {parsed.reason}")
-            pending |= record.outcome is Outcome.LEFT
+            pending |= holds_directory(record, self.settings.orphans)
             committed |= record.outcome is Outcome.COMMITTED
             self.sink(record)
         if committed and self.settings.fsync and not self.settings.dry_run:
@@ -142,7 +140,7 @@ class FinalizeVisitor:
                 record = settle_dir_marker(
                     listing.fd, entry.name, path, entry.parsed, self.settings, pending_below=below
                 )
-            pending |= record.outcome is Outcome.LEFT
+            pending |= holds_directory(record, self.settings.orphans)
             self.sink(record)
         return pending
 
