@@ -11,7 +11,8 @@ from typing import IO, Any, TypeVar
 import click
 
 from axlstateless.backends import BACKENDS
-from axlstateless.errors import AxlError
+from axlstateless.errors import AxlError, UsageError
+from axlstateless.orphan import parse_duration
 from axlstateless.report import Outcome, Reporter
 
 EXIT_CODES_HELP = """\b
@@ -56,6 +57,28 @@ def output_options(func: F) -> F:
     return click.option(
         "--json", "as_json", is_flag=True, help="Print one JSON object per record, then a summary object."
     )(func)
+
+
+def _duration(ctx: click.Context, param: click.Parameter, value: str) -> float:
+    # ``90s``, ``30m``, ``24h``, ``7d``, ``1h30m`` as seconds; anything else is a usage error (exit 2).
+    # A callback rather than a ParamType: ParamType is generic only from click 8.2 on.
+    try:
+        return parse_duration(value)
+    except UsageError as exc:
+        raise click.BadParameter(exc.reason, ctx, param) from None
+
+
+def older_than_option(help_text: str) -> Callable[[F], F]:
+    """--older-than DURATION, shared by cleanup (which acts on it) and status (which reports it)."""
+    return click.option(
+        "--older-than",
+        "older_than",
+        callback=_duration,
+        default="24h",  # DEFAULT_OLDER_THAN, as a person writes it
+        show_default=True,
+        metavar="DURATION",
+        help=help_text,
+    )
 
 
 def backend_options(func: F) -> F:

@@ -8,10 +8,11 @@ import click
 
 from axlstateless.backends import create_backend
 from axlstateless.finalize import default_jobs
+from axlstateless.orphan import format_duration
 from axlstateless.report import Outcome, Record
 from axlstateless.status import status
 
-from .options import EXIT_CODES_HELP, backend_options, handles_errors, output_options, reporter
+from .options import EXIT_CODES_HELP, backend_options, handles_errors, older_than_option, output_options, reporter
 
 
 @click.command("status", epilog=EXIT_CODES_HELP)
@@ -25,6 +26,7 @@ from .options import EXIT_CODES_HELP, backend_options, handles_errors, output_op
     show_default=True,
     help="Directories worked on at once.",
 )
+@older_than_option("Show what `cleanup --older-than DURATION` would do to each temporary now (90s, 30m, 24h, 7d).")
 @output_options
 @handles_errors
 def command(
@@ -35,19 +37,22 @@ def command(
     jobstepid: int,
     poll_interval: float,
     jobs: int,
+    older_than: float,
     as_json: bool,
     report: str | None,
 ) -> None:
     """List the temporaries below ROOT... with their decoded fields and what finalize would do now.
 
-    Legacy AXL temporaries and unrecognised names are listed too. Nothing is changed; the exit code is
-    the one finalize would return now.
+    Legacy AXL temporaries and unrecognised names are listed too. Each line (and JSON record: "age_seconds",
+    "cleanup") also shows the temporary's age (since the newer of its mtime and ctime) and what cleanup
+    would do to it now: would commit, would delete, would apply, too young, in transfer, would leave or
+    never touched. Nothing is changed; the exit code is the one finalize would return now.
     """
     options = {"bbcmd": bbcmd, "jobid": jobid, "jobstepid": jobstepid, "poll_interval": poll_interval}
     the_backend = create_backend(backend, options)
     with reporter("status", as_json, report, True, True) as sink:
         sink.text_format = _status_line
-        status(roots, sink, backend=the_backend, jobs=jobs)
+        status(roots, sink, backend=the_backend, jobs=jobs, older_than=older_than)
 
 
 def _status_line(record: Record) -> str:
@@ -55,7 +60,11 @@ def _status_line(record: Record) -> str:
     size = str(record.size) if record.size is not None else "-"
     handle = str(record.handle) if record.handle is not None else "-"
     would = {Outcome.COMMITTED: "commit", Outcome.ABORTED: "abort", Outcome.LEFT: "leave", Outcome.SKIPPED: "skip"}
+    extra = record.extra or {}
+    age = "-" if extra.get("age_seconds") is None else format_duration(extra["age_seconds"])
+    cleanup = str(extra.get("cleanup") or "-")
     line = f"{would[record.outcome]:<6} {record.kind.value:<12} {mode:>4} {size:>12} {handle:>8}"
+    line += f" {age:>7} {cleanup:<13}"
     line += f"  {os.fsdecode(record.path)}"
     if record.reason:
         line += f"  ({record.reason})"
