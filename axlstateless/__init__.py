@@ -10,6 +10,7 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from .backends import BACKENDS, Backend, NoneBackend, TransferState, TransferStatus, create_backend
+from .cleanup import CleanupOptions, cleanup
 from .errors import (
     AxlError,
     BackendError,
@@ -22,6 +23,7 @@ from .errors import (
 )
 from .finalize import FinalizeOptions, finalize
 from .nameformat import DirMarker, LegacyName, TempName, Unrecognised, parse
+from .orphan import parse_duration
 from .prestage import PrestageResult, StagedFile, StagePair, expand_sources, prestage, read_pair_list
 from .report import Kind, Outcome, Record, Reporter, Summary
 from .status import status
@@ -31,6 +33,7 @@ __all__ = [
     "AxlError",
     "Backend",
     "BackendError",
+    "CleanupOptions",
     "DirMarker",
     "FinalizeOptions",
     "Kind",
@@ -54,10 +57,12 @@ __all__ = [
     "WaitTimeout",
     "WalkError",
     "__version__",
+    "cleanup",
     "create_backend",
     "expand_sources",
     "finalize",
     "parse",
+    "parse_duration",
     "prestage",
     "read_pair_list",
     "status",

@@ -11,7 +11,7 @@ import click
 from axlstateless import __version__
 from axlstateless.errors import EXIT_USAGE, AxlError
 
-from . import demo, finalize, prestage, status
+from . import cleanup, demo, finalize, prestage, status
 from .options import fail
 
 
@@ -24,12 +24,13 @@ def cli() -> None:
     prestage  create destination temporaries, named with their final mode, size and mtime
     finalize  commit the temporaries whose data arrived, delete the others
     status    show the temporaries and what finalize would do now
+    cleanup   sweep orphaned temporaries no post-stage finished (commit complete ones, delete the rest)
     demo      rehearse a whole job against the simulated IBM burst buffer
     """
 
 
 # Each command lives in its own module and exports `command`; the group lists them in help order.
-for _module in (prestage, finalize, status, demo):
+for _module in (prestage, finalize, status, cleanup, demo):
     cli.add_command(_module.command)
 
 

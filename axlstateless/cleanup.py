@@ -1,0 +1,76 @@
+"""Cleanup: sweep the orphaned temporaries that no post-stage finished (issue 4).
+
+An orphan is a temporary whose age (now minus the newer of its mtime and ctime, `orphan`) passed the
+threshold and whose transfer no backend reports as in progress. Orphans go through the same engine as
+finalize, with the same refusals (symlinks, hard links, non-regular and foreign-owned files, special
+bits) and the same order of system calls on open descriptors:
+
+- a complete orphan (its size verifies) is committed: the data arrived, only the finalize was missed;
+- an incomplete one is deleted; with ``delete_only`` a complete one is deleted too;
+- a legacy AXL temporary is deleted, never committed (nothing in its name verifies it);
+- a directory marker is applied once it is old and nothing below it is still waiting;
+- an unrecognised name is reported and never touched;
+- a temporary that is not an orphan (too young, in transfer) is skipped: exit code 0, since nothing is
+  wrong with it; a later run takes it when it is old enough.
+
+Exit codes are finalize's: 0 nothing left behind (committed or skipped), 1 some orphans were deleted
+(their data did not arrive, or ``delete_only``), 4 some could not be acted on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from .backends.base import Backend
+from .errors import UsageError
+from .finalize import FinalizeOptions, finalize
+from .orphan import DEFAULT_OLDER_THAN, OrphanPolicy
+from .report import Sink
+
+
+@dataclass
+class CleanupOptions:
+    """One field per ``axl-stateless cleanup`` flag."""
+
+    older_than: float = DEFAULT_OLDER_THAN  # seconds: --older-than
+    backend: Backend | None = None  # --backend (None: `none`, ages alone decide)
+    dry_run: bool = False
+    delete_only: bool = False
+    one_file_system: bool = True  # never cross into another file system below a root
+    jobs: int = 1
+
+
+def cleanup(
+    roots: Sequence[bytes | str],
+    sink: Sink,
+    options: CleanupOptions | None = None,
+    *,
+    now: float | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> None:
+    """Commit or delete every orphaned temporary below `roots`, reporting exactly one `Record` per
+    temporary (and legacy or unrecognised name) to `sink`; what is not an orphan is reported skipped.
+
+    `now` is the reference time ages are measured from (seconds since the epoch; default: the clock at
+    each check), for tests and reproducible reports. The backend is asked once, without waiting. Raises
+    `UsageError` for a missing root or a negative threshold (before anything changes) and `BackendError`
+    when the backend fails.
+    """
+    opts = options or CleanupOptions()
+    if opts.older_than < 0:
+        raise UsageError(None, f"--older-than must not be negative (got {opts.older_than}s)")
+    policy = OrphanPolicy(older_than=opts.older_than, now=now, delete_only=opts.delete_only, act=True)
+    finalize(
+        roots,
+        sink,
+        FinalizeOptions(
+            backend=opts.backend,
+            dry_run=opts.dry_run,
+            jobs=opts.jobs,
+            one_file_system=opts.one_file_system,
+            wait_timeout=0.0,  # an orphan's transfer is over or forgotten; one look, no waiting
+            orphans=policy,
+        ),
+        progress=progress,
+    )

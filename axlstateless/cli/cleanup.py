@@ -1,0 +1,94 @@
+"""``axl-stateless cleanup``."""
+
+from __future__ import annotations
+
+import click
+
+from axlstateless.backends import create_backend
+from axlstateless.cleanup import CleanupOptions, cleanup
+from axlstateless.finalize import default_jobs
+
+from .options import backend_options, handles_errors, older_than_option, output_options, reporter
+
+CLEANUP_EXIT_CODES_HELP = """\b
+Exit codes:
+  0  nothing left behind: orphans committed, the rest skipped as not orphans (or nothing to do)
+  1  some orphans were deleted: their data did not arrive (or --delete-only, or legacy AXL temporaries)
+  2  bad usage or input (a bad DURATION, a missing root); nothing was changed
+  3  not used by cleanup: a temporary whose transfer is in progress is skipped, never waited for
+  4  could not act on some temporaries (refused or failed: left in place, reported)
+When several apply, the highest of 4, 1 is returned."""
+
+
+@click.command("cleanup", epilog=CLEANUP_EXIT_CODES_HELP)
+@click.argument("roots", nargs=-1, required=True, type=click.Path(file_okay=False))
+@older_than_option(
+    "Age from which a temporary is an orphan: a number and a unit s, m, h, d or w (90s, 30m, 24h, 7d, 1h30m)."
+)
+@backend_options
+@click.option("--dry-run", is_flag=True, help="Decide and report, change nothing.")
+@click.option("--delete-only", is_flag=True, help="Delete orphans even when complete, instead of committing them.")
+@click.option(
+    "--one-file-system/--no-one-file-system",
+    default=True,
+    show_default=True,
+    help="Do not descend into other file systems below the roots.",
+)
+@click.option(
+    "-j",
+    "--jobs",
+    type=click.IntRange(min=1),
+    default=default_jobs(),
+    show_default=True,
+    help="Directories worked on at once.",
+)
+@click.option("-v", "--verbose", is_flag=True, help="Also list committed orphans (others are always listed).")
+@output_options
+@handles_errors
+def command(
+    roots: tuple[str, ...],
+    older_than: float,
+    backend: str,
+    bbcmd: str | None,
+    jobid: str | None,
+    jobstepid: int,
+    poll_interval: float,
+    dry_run: bool,
+    delete_only: bool,
+    one_file_system: bool,
+    jobs: int,
+    verbose: bool,
+    as_json: bool,
+    report: str | None,
+) -> None:
+    """Sweep orphaned temporaries below ROOT...: those no post-stage finished.
+
+    \b
+    A temporary is an orphan when both hold:
+      - its age, now minus the NEWER of its mtime and ctime, is at least --older-than
+        (every write moves both, so a copy still writing is never an orphan);
+      - the backend does not report its transfer as in progress.
+    \b
+    Orphans:
+      - complete (the size in the name verifies): committed, as finalize would (nothing lost);
+        with --delete-only, deleted instead;
+      - incomplete, or its transfer failed: deleted;
+      - legacy AXL temporaries (<final>._AXL[handle]): deleted, never committed;
+      - directory markers: applied once nothing below them is still waiting.
+    Temporaries that are not orphans are reported "skipped" and untouched; unrecognised names are
+    reported and never touched. The same refusals as finalize apply (symbolic links, hard links,
+    non-regular and foreign-owned files, set-uid/set-gid from a name), so it is safe as root over
+    users' trees, from cron.
+    """
+    options = {"bbcmd": bbcmd, "jobid": jobid, "jobstepid": jobstepid, "poll_interval": poll_interval}
+    the_backend = create_backend(backend, options)
+    with reporter("cleanup", as_json, report, dry_run, verbose) as sink:
+        opts = CleanupOptions(
+            older_than=older_than,
+            backend=the_backend,
+            dry_run=dry_run,
+            delete_only=delete_only,
+            one_file_system=one_file_system,
+            jobs=jobs,
+        )
+        cleanup(roots, sink, opts, progress=sink.log)
