@@ -8,21 +8,24 @@ import sys
 import click
 import pytest
 from click.testing import CliRunner
+from conftest import run_cli
 
 import axlstateless
 from axlstateless.cli import cli
-from conftest import run_cli
 
 
 def test_all_is_sorted_and_complete() -> None:
     exported = axlstateless.__all__
+
     # isort style, as ruff's RUF022 keeps it: CONSTANTS, then Classes, then functions, each alphabetical.
     def key(name: str) -> tuple[int, str]:
         bare = name.lstrip("_")
         return (0 if bare.isupper() else 1 if bare[:1].isupper() else 2, name)
 
     assert exported == sorted(exported, key=key)
-    public = {n for n in dir(axlstateless) if not n.startswith("_") and not isinstance(getattr(axlstateless, n), type(sys))}
+    public = {
+        n for n in dir(axlstateless) if not n.startswith("_") and not isinstance(getattr(axlstateless, n), type(sys))
+    }
     assert public <= set(exported) | {"annotations"}
     for name in exported:
         assert hasattr(axlstateless, name), name

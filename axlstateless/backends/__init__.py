@@ -9,9 +9,10 @@ from typing import Any
 from axlstateless.errors import UsageError
 
 from .base import Backend, Progress, TransferState, TransferStatus
+from .ibmbb import IbmBBBackend
 from .none import NoneBackend
 
-BACKENDS: dict[str, type[Backend]] = {NoneBackend.name: NoneBackend}
+BACKENDS: dict[str, type[Backend]] = {NoneBackend.name: NoneBackend, IbmBBBackend.name: IbmBBBackend}
 
 
 def create_backend(name: str, options: Mapping[str, Any] | None = None) -> Backend:
@@ -25,4 +26,13 @@ def create_backend(name: str, options: Mapping[str, Any] | None = None) -> Backe
     return cls(**{k: v for k, v in (options or {}).items() if k in accepted and v is not None})
 
 
-__all__ = ["BACKENDS", "Backend", "NoneBackend", "Progress", "TransferState", "TransferStatus", "create_backend"]
+__all__ = [
+    "BACKENDS",
+    "Backend",
+    "IbmBBBackend",
+    "NoneBackend",
+    "Progress",
+    "TransferState",
+    "TransferStatus",
+    "create_backend",
+]
