@@ -27,6 +27,7 @@ from .errors import UsageError
 from .finalize import FinalizeOptions, finalize
 from .orphan import DEFAULT_OLDER_THAN, OrphanPolicy
 from .report import Sink
+from .walk import AnyPath
 
 
 @dataclass
@@ -42,7 +43,7 @@ class CleanupOptions:
 
 
 def cleanup(
-    roots: Sequence[bytes | str],
+    roots: Sequence[AnyPath],
     sink: Sink,
     options: CleanupOptions | None = None,
     *,

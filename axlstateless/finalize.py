@@ -13,7 +13,7 @@ from .engine import Settings, settle_dir_marker, settle_file, settle_legacy
 from .nameformat import MARKER, DirMarker, LegacyName, TempName, Unrecognised, parse
 from .orphan import OrphanPolicy, holds_directory
 from .report import Kind, Outcome, Record, Sink
-from .walk import Listing, open_roots, refuse_type, walk
+from .walk import AnyPath, Listing, open_roots, refuse_type, walk
 
 DEFAULT_WAIT_TIMEOUT = 540.0  # below LSF's 600 s stage-out limit, leaving time to commit
 
@@ -36,7 +36,7 @@ class FinalizeOptions:
 
 
 def finalize(
-    roots: Sequence[bytes | str],
+    roots: Sequence[AnyPath],
     sink: Sink,
     options: FinalizeOptions | None = None,
     *,

@@ -9,10 +9,11 @@ from .backends.base import Backend
 from .finalize import FinalizeOptions, finalize
 from .orphan import DEFAULT_OLDER_THAN, OrphanPolicy, cleanup_view
 from .report import Record, Sink
+from .walk import AnyPath
 
 
 def status(
-    roots: Sequence[bytes | str],
+    roots: Sequence[AnyPath],
     sink: Sink,
     *,
     backend: Backend | None = None,

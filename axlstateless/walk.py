@@ -21,6 +21,9 @@ from . import nameformat
 from .errors import UsageError, WalkError
 from .nameformat import Parsed
 
+#: A path as the caller has it: str, bytes or a path object (``os.fsencode`` takes them all).
+AnyPath = str | bytes | os.PathLike[str] | os.PathLike[bytes]
+
 _DIR_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _MARKER_STR: Final = os.fsdecode(nameformat.MARKER)
 
@@ -57,7 +60,7 @@ class Visitor(Protocol):
     # Optional: ``root_done(listing, pending)`` is called once a root's whole tree is finished.
 
 
-def open_roots(roots: Sequence[bytes | str]) -> list[tuple[bytes, int]]:
+def open_roots(roots: Sequence[AnyPath]) -> list[tuple[bytes, int]]:
     """Open every root before anything is done, so a typo fails the run with nothing changed.
 
     A root is opened as named (symlinks in the path the user typed are theirs to choose); nothing
