@@ -7,6 +7,7 @@ import click
 from axlstateless.backends import create_backend
 from axlstateless.cleanup import CleanupOptions, cleanup
 from axlstateless.finalize import default_jobs
+from axlstateless.report import Outcome, Record
 
 from .options import backend_options, handles_errors, older_than_option, output_options, reporter
 
@@ -42,7 +43,12 @@ When several apply, the highest of 4, 1 is returned."""
     show_default=True,
     help="Directories worked on at once.",
 )
-@click.option("-v", "--verbose", is_flag=True, help="Also list committed orphans (others are always listed).")
+@click.option(
+    "-v",
+    "--verbose",
+    is_flag=True,
+    help="Also list committed orphans and temporaries that are not orphans (counted as skipped either way).",
+)
 @output_options
 @handles_errors
 def command(
@@ -82,7 +88,7 @@ def command(
     """
     options = {"bbcmd": bbcmd, "jobid": jobid, "jobstepid": jobstepid, "poll_interval": poll_interval}
     the_backend = create_backend(backend, options)
-    with reporter("cleanup", as_json, report, dry_run, verbose) as sink:
+    with reporter("cleanup", as_json, report, dry_run, verbose, routine=_not_orphan) as sink:
         opts = CleanupOptions(
             older_than=older_than,
             backend=the_backend,
@@ -92,3 +98,8 @@ def command(
             jobs=jobs,
         )
         cleanup(roots, sink, opts, progress=sink.log)
+
+
+def _not_orphan(record: Record) -> bool:
+    # A cron sweep over busy trees would otherwise print every temporary of every running job.
+    return record.outcome is Outcome.SKIPPED and record.extra is not None and record.extra.get("orphan") is False

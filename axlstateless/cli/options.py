@@ -13,7 +13,7 @@ import click
 from axlstateless.backends import BACKENDS
 from axlstateless.errors import AxlError, UsageError
 from axlstateless.orphan import parse_duration
-from axlstateless.report import Outcome, Reporter
+from axlstateless.report import Outcome, Record, Reporter
 
 EXIT_CODES_HELP = """\b
 Exit codes:
@@ -115,7 +115,17 @@ def backend_options(func: F) -> F:
 
 
 @contextmanager
-def reporter(command: str, as_json: bool, report: str | None, dry_run: bool, verbose: bool) -> Iterator[Reporter]:
+def reporter(
+    command: str,
+    as_json: bool,
+    report: str | None,
+    dry_run: bool,
+    verbose: bool,
+    *,
+    routine: Callable[[Record], bool] | None = None,
+) -> Iterator[Reporter]:
+    """Records to --json, --report and a human stream; the human stream leaves out committed records and,
+    if given, other `routine` ones (cleanup: temporaries not orphaned yet) unless `verbose`."""
     with ExitStack() as stack:
         json_streams: list[IO[str]] = []
         if as_json:
@@ -131,7 +141,9 @@ def reporter(command: str, as_json: bool, report: str | None, dry_run: bool, ver
             dry_run=dry_run,
             json_streams=json_streams,
             text_stream=None if as_json else sys.stdout,
-            text_filter=None if verbose else (lambda r: r.outcome is not Outcome.COMMITTED),
+            text_filter=None
+            if verbose
+            else (lambda r: r.outcome is not Outcome.COMMITTED and not (routine is not None and routine(r))),
             log_streams=log_streams,
         )
         try:
