@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
 import click
 
-from axlstateless.demo import remove_workdir, run_demo
+from axlstateless.demo import DemoResult, remove_workdir, run_demo
 
 from .options import handles_errors
 
@@ -24,8 +25,9 @@ from .options import handles_errors
 )
 @click.option("--keep", is_flag=True, help="Keep the scratch directory to look at (bb/, pfs/, spool/, the report).")
 @click.option("-q", "--quiet", is_flag=True, help="Only the table.")
+@click.option("--json", "as_json", is_flag=True, help="Print the outcome as one JSON object instead of a table.")
 @handles_errors
-def command(ranks: int, seed: int, failures: int, workdir: Path | None, keep: bool, quiet: bool) -> None:
+def command(ranks: int, seed: int, failures: int, workdir: Path | None, keep: bool, quiet: bool, as_json: bool) -> None:
     """Rehearse a whole job against the simulated IBM burst buffer, and check the result.
 
     Ranks write a checkpoint (timestep.0.root, timestep.0/data.RANK; some read-only, some empty),
@@ -35,12 +37,45 @@ def command(ranks: int, seed: int, failures: int, workdir: Path | None, keep: bo
     """
 
     def log(message: str) -> None:
-        if not quiet:
+        if not quiet and not as_json:
             click.echo(f"demo: {message}", err=True)
 
     if workdir is not None:
         workdir.mkdir(parents=True, exist_ok=True)
     result = run_demo(ranks=ranks, seed=seed, failures=failures, workdir=workdir, log=log)
+    if as_json:
+        click.echo(json.dumps(_as_json(result, keep)))
+    else:
+        _print_table(result, keep)
+    if not keep and workdir is None:
+        remove_workdir(result.workdir)
+    sys.exit(0 if result.as_expected else 1)
+
+
+def _as_json(result: DemoResult, keep: bool) -> dict[str, object]:
+    return {
+        "summary": True,
+        "command": "demo",
+        "ranks": result.ranks,
+        "files": result.files,
+        "failed_handles": result.failed_handles,
+        "committed": result.committed,
+        "expected_committed": result.expected_committed,
+        "aborted": result.aborted,
+        "expected_aborted": result.expected_aborted,
+        "left": result.left,
+        "verified": result.verified,
+        "mismatches": result.mismatches,
+        "finalize_exit_code": result.exit_code,
+        "finalize_seconds": round(result.finalize_elapsed, 3),
+        "elapsed_seconds": round(result.elapsed, 3),
+        "as_expected": result.as_expected,
+        "exit_code": 0 if result.as_expected else 1,
+        "workdir": str(result.workdir) if keep else None,
+    }
+
+
+def _print_table(result: DemoResult, keep: bool) -> None:
     rows = [
         ("ranks", str(result.ranks)),
         ("files written", str(result.files)),
@@ -63,6 +98,3 @@ def command(ranks: int, seed: int, failures: int, workdir: Path | None, keep: bo
     click.echo(f"result: {'as expected' if result.as_expected else 'NOT as expected'}")
     if keep:
         click.echo(f"kept: {result.workdir}")
-    elif workdir is None:
-        remove_workdir(result.workdir)
-    sys.exit(0 if result.as_expected else 1)
