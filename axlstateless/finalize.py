@@ -123,7 +123,14 @@ class FinalizeVisitor:
         if committed and self.settings.fsync and not self.settings.dry_run:
             # One directory fsync after all its renames (Syncthing batches them too): each file was
             # fsynced before its rename, so a crash before this loses only renames, which a rerun redoes.
-            os.fsync(listing.fd)
+            try:
+                os.fsync(listing.fd)
+            except OSError as exc:
+                # The renames are done but perhaps not durable: report it (exit 4) and keep the markers
+                # above waiting, rather than stop the walk with every other temporary unreported.
+                reason = f"directory fsync failed: {exc.strerror or exc}"
+                self.sink(Record(listing.path, Kind.DIR, Outcome.LEFT, reason))
+                pending = True
         return pending
 
     def finish(self, listing: Listing, pending_children: dict[bytes, bool]) -> bool:
