@@ -15,6 +15,7 @@ import stat
 import subprocess
 import sys
 import time
+from collections.abc import Set as AbstractSet
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ from axlstateless import (
     parse_duration,
     status,
 )
+from axlstateless.backends.base import Backend, Progress, TransferState, TransferStatus
 from axlstateless.cli import cli
 from axlstateless.errors import UsageError
 from axlstateless.nameformat import DirMarker
@@ -384,6 +386,66 @@ def test_unprivileged_user_takes_only_its_own_orphans(nobody_dir: Path) -> None:
     assert got["mine"]["outcome"] == "committed"
     assert got["roots"]["outcome"] == "left" and "not by this user" in got["roots"]["reason"]
     assert (nobody_dir / "mine").read_bytes() == b"data" and roots.exists()
+
+
+class StatesBackend(Backend):
+    """A backend that knows a fixed state per handle (what `ibmbb` learns from bbcmd), and records its wait."""
+
+    name = "test-states"
+    uses_handles = True
+
+    def __init__(self, states: dict[int, TransferState]) -> None:
+        self.states = states
+        self.waited: tuple[set[int], float] | None = None
+
+    def wait(self, handles: AbstractSet[int], timeout: float, progress: Progress) -> bool:
+        self.waited = (set(handles), timeout)
+        return True
+
+    def status(self, handle: int | None) -> TransferStatus:
+        state = TransferState.UNKNOWN if handle is None else self.states.get(handle, TransferState.UNKNOWN)
+        return TransferStatus(state, f"test: {state.value}")
+
+
+def handled(directory: Path, final: str, data: bytes, handle: int) -> Path:
+    name = TempName(final.encode(), 0o644, len(data), MTIME_NS, handle).encode()
+    path = directory / os.fsdecode(name)
+    path.write_bytes(data)
+    return path
+
+
+def test_a_transfer_in_progress_is_never_an_orphan(tmp_path: Path) -> None:
+    running, failed, done = 1, 2, 3
+    backend = StatesBackend(
+        {running: TransferState.IN_PROGRESS, failed: TransferState.FAILED, done: TransferState.SUCCEEDED}
+    )
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    busy = handled(sub, "busy", b"complete by size", running)
+    (tmp_path / os.fsdecode(DirMarker(b"sub", 0o500, MTIME_NS).encode())).write_bytes(b"")
+    handled(tmp_path, "failed", b"complete by size", failed)
+    handled(tmp_path, "done", b"complete", done)
+    legacy_busy = tmp_path / f"lb._AXL{running}"
+    legacy_busy.write_bytes(b"")
+    (tmp_path / f"lf._AXL{failed}").write_bytes(b"")
+    records, code = run(tmp_path, backend=backend)
+    assert backend.waited == ({running, failed, done}, 0.0)  # legacy handles asked too; no waiting
+    got = by_name(records)
+    assert (got["busy"].outcome, got["lb"].outcome) == (Outcome.SKIPPED, Outcome.SKIPPED)
+    assert "transfer is still in progress" in got["busy"].reason
+    assert got["sub"].outcome is Outcome.SKIPPED  # the marker waits for its busy directory
+    assert (got["failed"].outcome, got["lf"].outcome) == (Outcome.ABORTED, Outcome.ABORTED)
+    assert "transfer failed" in got["failed"].reason
+    assert got["done"].outcome is Outcome.COMMITTED
+    assert code == 1
+    assert busy.exists() and legacy_busy.exists() and (tmp_path / "done").exists()
+    assert not (tmp_path / "failed").exists()
+    assert stat.S_IMODE(sub.stat().st_mode) != 0o500
+
+    seen = status_records(tmp_path, backend=StatesBackend({running: TransferState.IN_PROGRESS}), now=LATER)
+    assert (seen["busy"]["outcome"], seen["busy"]["cleanup"]) == ("left", "in transfer")
+    assert seen["lb"]["cleanup"] == "in transfer"
+    assert seen["busy"]["age_seconds"] == pytest.approx(2 * DAY, abs=120)
 
 
 # --- the command line --------------------------------------------------------------------------------
