@@ -62,10 +62,14 @@ def run_demo(
     seed: int = 1,
     failures: int = 3,
     workdir: str | os.PathLike[str] | None = None,
-    rate: float = 2e6,
+    rate: float = 80e3,
     log: Callable[[str], None] = lambda _m: None,
 ) -> DemoResult:
-    """Play a job of `ranks` ranks through pre-stage, simulated BB copies and post-stage finalize."""
+    """Play a job of `ranks` ranks through pre-stage, simulated BB copies and post-stage finalize.
+
+    `rate` (bytes per second, per copy) is slow on purpose: a rank's data (up to 256 KiB) takes a few
+    seconds to move, so the copies still run when the job ends and the finalize shows its waiting.
+    """
     started = time.monotonic()
     rng = random.Random(seed)  # noqa: S311 - a repeatable demo, not cryptography
     work = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="axl-demo-"))
@@ -97,7 +101,7 @@ def run_demo(
 
     log("the job ends; the post-stage finalize waits on the BB through bbcmd (the simulator's)")
     bbcmd = _bbcmd_wrapper(work, spool_dir)
-    backend = IbmBBBackend(bbcmd=str(bbcmd), jobid=jobid, poll_interval=0.2, max_poll_interval=1.0, report_interval=2.0)
+    backend = IbmBBBackend(bbcmd=str(bbcmd), jobid=jobid, poll_interval=0.2, max_poll_interval=1.0, report_interval=1.0)
     reporter = Reporter("finalize", json_streams=[(work / "finalize-report.jsonl").open("w", encoding="utf-8")])
     f_started = time.monotonic()
     finalize([pfs], reporter, FinalizeOptions(backend=backend, jobs=8, wait_timeout=120.0), progress=log)

@@ -1,6 +1,7 @@
 """The simulator's mover: one detached process per ``copy``, copying its file list as bbServer does.
 
-Run as ``python -m axlstateless.bbsim.mover [--detach] SPOOL JOBID HANDLE CONTRIB`` by `spool.spawn_mover`.
+Forked by `spool.spawn_mover` (`run_detached`), or, from a caller with threads, run as
+``python -m axlstateless.bbsim.mover [--detach] SPOOL JOBID HANDLE CONTRIB``.
 Each destination is opened with ``O_CREAT | O_TRUNC | O_WRONLY`` and the source's mode (which only
 matters when the file is created), so a pre-created destination keeps its inode, owner, mode and extended
 attributes, and its mtime becomes the copy's time: exactly what the real BB does to a temporary.
@@ -13,11 +14,14 @@ its progress file, which nobody else writes, at most a few times a second and on
 from __future__ import annotations
 
 import os
+import signal
 import stat
 import sys
 import time
+import traceback
 from collections.abc import Sequence
-from typing import Final
+from pathlib import Path
+from typing import Final, NoReturn
 
 from .spool import BB_RECURSIVE, Config, FileEntry, Spool
 
@@ -168,6 +172,47 @@ def _detach() -> None:
     os.dup2(devnull, 1)  # let go of the launcher's pipe
     os.close(devnull)
     os.chdir("/")  # keep no directory busy (an unmount at job end)
+
+
+def run_detached(spool: Path, jobid: str, handle: int, contrib: int, *, report_fd: int, log_fd: int) -> NoReturn:
+    """Be the mover, in a process forked (not exec'd) from a single-threaded caller; never returns.
+
+    Says its pid on `report_fd`, keeps only the standard descriptors (stdin and stdout on /dev/null,
+    stderr on `log_fd`), so that nothing of the caller's stays open (a pipe someone reads to its end,
+    a lock), puts back the default signal handlers the caller may have replaced, and ends with
+    ``os._exit``: the caller's atexit handlers, finalizers and buffered output are not the mover's.
+    """
+    code = 1
+    try:
+        os.write(report_fd, f"{os.getpid()}\n".encode())
+        devnull = os.open(os.devnull, os.O_RDWR)
+        os.dup2(devnull, 0)
+        os.dup2(devnull, 1)
+        os.dup2(log_fd, 2)
+        os.closerange(3, _max_fd())
+        os.chdir("/")  # keep no directory busy (an unmount at job end)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGALRM, signal.SIGUSR1, signal.SIGUSR2):
+            signal.signal(sig, signal.SIG_DFL)
+        mover = Mover(Spool(os.path.abspath(spool)), jobid, handle, contrib)
+        try:
+            code = mover.run()
+        except BaseException as exc:
+            mover.state = "failed"
+            mover._progress(force=True, error=f"mover crashed: {exc!r}")
+            raise
+    except BaseException:
+        # The caller's sys.stderr may be a capture object; write the traceback to the log itself.
+        os.write(2, traceback.format_exc().encode("utf-8", "replace"))
+    finally:
+        os._exit(code)
+
+
+def _max_fd() -> int:
+    try:
+        return int(os.sysconf("SC_OPEN_MAX"))
+    except (ValueError, OSError):
+        return 1024
 
 
 def main(argv: Sequence[str] | None = None) -> int:
