@@ -247,13 +247,19 @@ def test_same_refusals_as_finalize(tmp_path: Path) -> None:
     linked = temporary(root, "linked", b"hardlink")
     os.link(linked, outside / "second-link")
     (root / "legacy._AXL").symlink_to(secret)
+    os.mkfifo(root / os.fsdecode(TempName(b"fifo", 0o644, 0, MTIME_NS).encode()))
+    bait = temporary(outside, "bait", b"reached through a symlinked directory")
+    (root / "dirlink").symlink_to(outside)
+    before = snapshot(outside)
     records, code = run(root, older_than=0)
     assert code == 4
     assert {r.outcome for r in records} == {Outcome.LEFT}
+    assert len(records) == 4  # nothing below the symlinked directory was even listed
     reasons = " | ".join(r.reason for r in records)
-    assert "symbolic link" in reasons and "hard links" in reasons
+    assert "symbolic link" in reasons and "hard links" in reasons and "not a regular file" in reasons
     assert secret.read_bytes() == b"not yours" and stat.S_IMODE(secret.stat().st_mode) == 0o644
-    assert linked.exists()
+    assert linked.exists() and bait.exists()
+    assert snapshot(outside) == before
 
 
 @pytest.mark.skipif(not is_root, reason="root only: a foreign-owned temporary is root's refusal to make")

@@ -13,7 +13,7 @@ from .options import backend_options, handles_errors, older_than_option, output_
 
 CLEANUP_EXIT_CODES_HELP = """\b
 Exit codes:
-  0  nothing left behind: orphans committed, the rest skipped as not orphans (or nothing to do)
+  0  every orphan committed; the rest skipped as not orphans yet (or nothing to do)
   1  some orphans were deleted: their data did not arrive (or --delete-only, or legacy AXL temporaries)
   2  bad usage or input (a bad DURATION, a missing root); nothing was changed
   3  not used by cleanup: a temporary whose transfer is in progress is skipped, never waited for
@@ -24,7 +24,8 @@ When several apply, the highest of 4, 1 is returned."""
 @click.command("cleanup", epilog=CLEANUP_EXIT_CODES_HELP)
 @click.argument("roots", nargs=-1, required=True, type=click.Path(file_okay=False))
 @older_than_option(
-    "Age from which a temporary is an orphan: a number and a unit s, m, h, d or w (90s, 30m, 24h, 7d, 1h30m)."
+    "Age from which a temporary is an orphan: a number and a unit s, m, h, d or w (90s, 30m, 24h, 7d, 1h30m). "
+    "0s takes every temporary whose transfer is not reported in progress: only for trees no copy writes to."
 )
 @backend_options
 @click.option("--dry-run", is_flag=True, help="Decide and report, change nothing.")
@@ -81,8 +82,8 @@ def command(
       - incomplete, or its transfer failed: deleted;
       - legacy AXL temporaries (<final>._AXL[handle]): deleted, never committed;
       - directory markers: applied once nothing below them is still waiting.
-    Temporaries that are not orphans are reported "skipped" and untouched; unrecognised names are
-    reported and never touched. The same refusals as finalize apply (symbolic links, hard links,
+    Temporaries that are not orphans are untouched and counted as skipped (listed with -v);
+    unrecognised names are reported and never touched. The same refusals as finalize apply (symbolic links, hard links,
     non-regular and foreign-owned files, set-uid/set-gid from a name), so it is safe as root over
     users' trees, from cron.
     """
