@@ -105,11 +105,12 @@ class FinalizeVisitor:
             if isinstance(parsed, DirMarker):
                 continue
             if isinstance(parsed, TempName):
-                final = os.path.join(listing.path, parsed.final)
                 if why := refuse_type(entry):
+                    final = os.path.join(listing.path, parsed.final)
                     record = Record(path, Kind.FILE, Outcome.LEFT, f"{why}: refused", final=final, mode=parsed.mode)
                 elif parsed.final in clashes:
                     n = clashes[parsed.final]
+                    final = os.path.join(listing.path, parsed.final)
                     record = Record(path, Kind.FILE, Outcome.LEFT, f"{n} temporaries for one final name", final=final)
                 else:
                     record = settle_file(listing.fd, entry.name, path, parsed, self.settings)

@@ -235,6 +235,7 @@ def refuse_type(entry: Entry) -> str | None:
     Known before any open: a FIFO is never opened, a device never touched (fstat after the open still
     guards against a swap in between).
     """
-    return {"file": None, "symlink": "is a symbolic link", "dir": "is a directory"}.get(
-        entry.dtype, "is not a regular file"
-    )
+    return _REFUSED_TYPES.get(entry.dtype, "is not a regular file")
+
+
+_REFUSED_TYPES: Final[dict[str, str | None]] = {"file": None, "symlink": "is a symbolic link", "dir": "is a directory"}
