@@ -40,6 +40,9 @@ from .bbcmd_reply import Reply as BBReply
 DEFAULT_BBCMD: Final = "/opt/ibm/bb/bin/bbcmd"
 DEFAULT_NUMHANDLES: Final = 1024  # bbcmd's own default
 MAX_NUMHANDLES: Final = 2**31 - 1  # bbcmd reads --numhandles as a C int
+DEFAULT_POLL_INTERVAL: Final = 2.0  # seconds; the first poll, growing 1.5x per poll up to max_poll_interval
+DEFAULT_RETRIES: Final = 3  # more calls after a failed one, before giving up with BackendError
+DEFAULT_CALL_TIMEOUT: Final = 30.0  # seconds one bbcmd call may take before it is killed (a hang)
 MAX_PROBES: Final = 8  # getstatus calls for handles no list mentions; a constant, whatever the count
 _SHOWN_HANDLES: Final = 10  # handles named in one progress line
 _KILL_GRACE: Final = 5.0
@@ -102,11 +105,11 @@ class IbmBBBackend(Backend):
         bbcmd: str | None = None,
         jobid: str | None = None,
         jobstepid: int = 0,
-        poll_interval: float = 2.0,
+        poll_interval: float = DEFAULT_POLL_INTERVAL,
         max_poll_interval: float = 15.0,
         report_interval: float = 5.0,
-        retries: int = 3,
-        call_timeout: float = 30.0,
+        retries: int = DEFAULT_RETRIES,
+        call_timeout: float = DEFAULT_CALL_TIMEOUT,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from axlstateless.backends import create_backend
+from axlstateless.backends import Backend
 from axlstateless.cleanup import CleanupOptions, cleanup
 from axlstateless.finalize import default_jobs
 from axlstateless.report import Outcome, Record
@@ -55,11 +55,7 @@ When several apply, the highest of 4, 1 is returned."""
 def command(
     roots: tuple[str, ...],
     older_than: float,
-    backend: str,
-    bbcmd: str | None,
-    jobid: str | None,
-    jobstepid: int,
-    poll_interval: float,
+    backend: Backend,
     dry_run: bool,
     delete_only: bool,
     one_file_system: bool,
@@ -87,12 +83,10 @@ def command(
     non-regular and foreign-owned files, set-uid/set-gid from a name), so it is safe as root over
     users' trees, from cron.
     """
-    options = {"bbcmd": bbcmd, "jobid": jobid, "jobstepid": jobstepid, "poll_interval": poll_interval}
-    the_backend = create_backend(backend, options)
     with reporter("cleanup", as_json, report, dry_run, verbose, routine=_not_orphan) as sink:
         opts = CleanupOptions(
             older_than=older_than,
-            backend=the_backend,
+            backend=backend,
             dry_run=dry_run,
             delete_only=delete_only,
             one_file_system=one_file_system,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from axlstateless.backends import create_backend
+from axlstateless.backends import Backend
 from axlstateless.finalize import DEFAULT_WAIT_TIMEOUT, FinalizeOptions, default_jobs, finalize
 
 from .options import EXIT_CODES_HELP, backend_options, handles_errors, output_options, reporter
@@ -36,11 +36,7 @@ from .options import EXIT_CODES_HELP, backend_options, handles_errors, output_op
 @handles_errors
 def command(
     roots: tuple[str, ...],
-    backend: str,
-    bbcmd: str | None,
-    jobid: str | None,
-    jobstepid: int,
-    poll_interval: float,
+    backend: Backend,
     wait_timeout: float,
     dry_run: bool,
     fsync: bool,
@@ -57,11 +53,9 @@ def command(
     its data did not arrive; an old final file stays), left (untouched, with the reason), or skipped
     (legacy or unrecognised names, never touched).
     """
-    options = {"bbcmd": bbcmd, "jobid": jobid, "jobstepid": jobstepid, "poll_interval": poll_interval}
-    the_backend = create_backend(backend, options)
     with reporter("finalize", as_json, report, dry_run, verbose) as sink:
         opts = FinalizeOptions(
-            backend=the_backend,
+            backend=backend,
             dry_run=dry_run,
             fsync=fsync,
             jobs=jobs,

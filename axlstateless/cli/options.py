@@ -6,11 +6,12 @@ import functools
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from typing import IO, Any, TypeVar
+from typing import IO, Any, Final, TypeVar
 
 import click
 
-from axlstateless.backends import BACKENDS
+from axlstateless.backends import BACKENDS, create_backend
+from axlstateless.backends.ibmbb import DEFAULT_CALL_TIMEOUT, DEFAULT_POLL_INTERVAL, DEFAULT_RETRIES
 from axlstateless.errors import AxlError, UsageError
 from axlstateless.orphan import parse_duration
 from axlstateless.report import Outcome, Record, Reporter
@@ -81,8 +82,35 @@ def older_than_option(help_text: str) -> Callable[[F], F]:
     )
 
 
+#: The backend options, as click names them; `backend_options` turns them into one ready `Backend`.
+_BACKEND_PARAMS: Final = ("backend", "bbcmd", "jobid", "jobstepid", "poll_interval", "bbcmd_timeout", "bbcmd_retries")
+
+
 def backend_options(func: F) -> F:
-    """Choosing and configuring the transfer-status backend."""
+    """Choosing and configuring the transfer-status backend; the command gets a ready ``backend: Backend``.
+
+    The backend is created before the command runs, so a misconfiguration (bbcmd not found, no job id,
+    bad intervals) ends in one ``Error:`` line and exit 2 or 4 before any file is touched.
+    """
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        given = {name: kwargs.pop(name) for name in _BACKEND_PARAMS}
+        options = {
+            "bbcmd": given["bbcmd"],
+            "jobid": given["jobid"],
+            "jobstepid": given["jobstepid"],
+            "poll_interval": given["poll_interval"],
+            "call_timeout": given["bbcmd_timeout"],
+            "retries": given["bbcmd_retries"],
+        }
+        try:
+            kwargs["backend"] = create_backend(given["backend"], options)
+        except AxlError as exc:
+            fail(exc)
+        return func(*args, **kwargs)
+
+    decorated: Any = wrapper
     for decorator in reversed(
         [
             click.option(
@@ -104,14 +132,30 @@ def backend_options(func: F) -> F:
             click.option(
                 "--poll-interval",
                 type=click.FloatRange(min=0.01),
-                default=2.0,
+                default=DEFAULT_POLL_INTERVAL,
                 show_default=True,
                 help="[ibmbb] first poll interval, seconds (backs off).",
             ),
+            click.option(
+                "--bbcmd-timeout",
+                type=click.FloatRange(min=0, min_open=True),
+                default=DEFAULT_CALL_TIMEOUT,
+                show_default=True,
+                metavar="SECONDS",
+                help="[ibmbb] a bbcmd call that takes longer is killed (and retried).",
+            ),
+            click.option(
+                "--bbcmd-retries",
+                type=click.IntRange(min=0),
+                default=DEFAULT_RETRIES,
+                show_default=True,
+                metavar="N",
+                help="[ibmbb] calls after a failed one (logged) before giving up with an error.",
+            ),
         ]
     ):
-        func = decorator(func)
-    return func
+        decorated = decorator(decorated)
+    return decorated  # type: ignore[no-any-return]
 
 
 @contextmanager

@@ -6,7 +6,7 @@ import os
 
 import click
 
-from axlstateless.backends import create_backend
+from axlstateless.backends import Backend
 from axlstateless.finalize import default_jobs
 from axlstateless.orphan import format_duration
 from axlstateless.report import Outcome, Record
@@ -31,11 +31,7 @@ from .options import EXIT_CODES_HELP, backend_options, handles_errors, older_tha
 @handles_errors
 def command(
     roots: tuple[str, ...],
-    backend: str,
-    bbcmd: str | None,
-    jobid: str | None,
-    jobstepid: int,
-    poll_interval: float,
+    backend: Backend,
     jobs: int,
     older_than: float,
     as_json: bool,
@@ -48,11 +44,9 @@ def command(
     would do to it now: would commit, would delete, would apply, too young, in transfer, would leave or
     never touched. Nothing is changed; the exit code is the one finalize would return now.
     """
-    options = {"bbcmd": bbcmd, "jobid": jobid, "jobstepid": jobstepid, "poll_interval": poll_interval}
-    the_backend = create_backend(backend, options)
     with reporter("status", as_json, report, True, True) as sink:
         sink.text_format = _status_line
-        status(roots, sink, backend=the_backend, jobs=jobs, older_than=older_than)
+        status(roots, sink, backend=backend, jobs=jobs, older_than=older_than)
 
 
 def _status_line(record: Record) -> str:
