@@ -39,7 +39,9 @@ _INT = rb"(0|-?[1-9][0-9]{0,19})"
 _MODE = rb"([0-7]{4})"
 _FILE_RE: Final = re.compile(rb"\._AXL\.v1\.m" + _MODE + rb"\.s" + _UINT + rb"\.t" + _INT + rb"(?:\.h" + _UINT + rb")?")
 _DIR_RE: Final = re.compile(rb"\._AXL\.v1\.dir\.m" + _MODE + rb"\.t" + _INT)
-_LEGACY_RE: Final = re.compile(rb"\._AXL([0-9]*)")
+# AXL prints its uint64 handle in decimal: at most 20 digits (unbounded, a 4,301-digit name made int()
+# raise, and a 250-digit one passed a handle no BB has to the backend).
+_LEGACY_RE: Final = re.compile(rb"\._AXL([0-9]{0,20})")
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +107,10 @@ def parse(name: bytes) -> Parsed | None:
     at = name.rfind(MARKER)
     if at < 0:
         return None
+    if len(name) > NAME_MAX:
+        # No directory entry is longer and `encode` makes none; checking the final part recurses once
+        # per marker, so an unbounded name could exhaust the stack (found by tests/test_fuzz_names.py).
+        return Unrecognised(name, f"longer than NAME_MAX ({NAME_MAX} bytes)")
     final, suffix = name[:at], name[at:]
     if problem := final_problem(final):
         return Unrecognised(name, problem)
@@ -122,7 +128,10 @@ def parse(name: bytes) -> Parsed | None:
             return Unrecognised(name, "a number is out of range")
         return DirMarker(final, int(m[1], 8), mtime)
     if m := _LEGACY_RE.fullmatch(suffix):
-        return LegacyName(final, int(m[1]) if m[1] else None)
+        handle = int(m[1]) if m[1] else None
+        if handle is not None and handle >= HANDLE_LIMIT:
+            return Unrecognised(name, "the handle is out of range")
+        return LegacyName(final, handle)
     return Unrecognised(name, "the suffix after ._AXL does not match format version 1")
 
 
