@@ -59,8 +59,8 @@ def cleanup(
     when the backend fails.
     """
     opts = options or CleanupOptions()
-    if opts.older_than < 0:
-        raise UsageError(None, f"--older-than must not be negative (got {opts.older_than}s)")
+    if not opts.older_than >= 0:  # also refuses NaN, which no age would be "younger than"
+        raise UsageError(None, f"--older-than must be a duration of 0s or more (got {opts.older_than}s)")
     policy = OrphanPolicy(older_than=opts.older_than, now=now, delete_only=opts.delete_only, act=True)
     finalize(
         roots,

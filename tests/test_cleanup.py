@@ -106,6 +106,14 @@ def test_bad_durations_are_usage_errors(text: str) -> None:
         parse_duration(text)
 
 
+@pytest.mark.parametrize("older_than", [-1.0, float("nan")])
+def test_library_refuses_a_threshold_that_is_not_a_duration(tmp_path: Path, older_than: float) -> None:
+    temporary(tmp_path, "f", b"x")
+    with pytest.raises(UsageError):
+        run(tmp_path, older_than=older_than)
+    assert len(list(tmp_path.iterdir())) == 1
+
+
 def test_default_threshold_is_24h() -> None:
     assert parse_duration("24h") == DEFAULT_OLDER_THAN == CleanupOptions().older_than
     assert format_duration(DEFAULT_OLDER_THAN) == "24h"
