@@ -1,0 +1,37 @@
+#!/bin/bash
+# The long reliability job of issue 5 (not part of the 5-minute suite): many more hypothesis
+# examples, seeded SIGKILL and fault-injection rounds at ten times the suite's size, and, when atheris
+# is installed (pip install atheris), coverage-guided fuzzing of both parsers.
+#
+#   tools/fuzz/run.sh                 # about 30-40 minutes on 2 cores
+#   EXAMPLES=20000 SOAK=3 RUNS=200000 tools/fuzz/run.sh     # a shorter pass
+#
+# Exit status: non-zero as soon as one stage fails; the failing input is printed by that stage
+# (hypothesis prints the falsifying example, atheris writes crash-* files in the current directory).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+EXAMPLES=${EXAMPLES:-200000}
+SOAK=${SOAK:-10}
+RUNS=${RUNS:-2000000}
+
+echo "== name parser: hypothesis, $EXAMPLES examples per property"
+AXL_FUZZ_EXAMPLES=$EXAMPLES python -m pytest -q -p no:cacheprovider --timeout=0 tests/test_fuzz_names.py
+
+echo "== bbcmd reply parser: hypothesis, $EXAMPLES examples"
+python tools/fuzz/hypothesis_bbcmd_reply.py "$EXAMPLES"
+
+echo "== crash, concurrency and root-over-users rounds at AXL_SOAK=$SOAK"
+AXL_SOAK=$SOAK python -m pytest -q -p no:cacheprovider --timeout=0 \
+    tests/test_crash.py tests/test_concurrency.py tests/test_root_over_users.py
+
+if python -c "import atheris" 2>/dev/null; then
+    echo "== atheris, $RUNS runs each (seeded from tools/fuzz/seeds, corpus grown in a scratch copy)"
+    corpus=$(mktemp -d)
+    trap 'rm -rf "$corpus"' EXIT
+    cp -r tools/fuzz/seeds/names tools/fuzz/seeds/bbcmd "$corpus"/
+    python tools/fuzz/atheris_names.py -atheris_runs="$RUNS" "$corpus/names"
+    python tools/fuzz/atheris_bbcmd_reply.py -atheris_runs="$RUNS" -max_len=4096 "$corpus/bbcmd"
+else
+    echo "== atheris not installed (pip install atheris): coverage-guided fuzzing skipped"
+fi
+echo "== all fuzz and soak stages passed"
