@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import shlex
 import stat
 import subprocess
 import sys
@@ -23,6 +24,7 @@ import pytest
 from click.testing import CliRunner
 from conftest import NOBODY, is_root, needs_root, run_cli, run_cli_as, xattrs_supported
 
+import axlstateless
 from axlstateless import (
     CleanupOptions,
     Kind,
@@ -460,6 +462,59 @@ def test_a_transfer_in_progress_is_never_an_orphan(tmp_path: Path) -> None:
     assert (seen["busy"]["outcome"], seen["busy"]["cleanup"]) == ("left", "in transfer")
     assert seen["lb"]["cleanup"] == "in transfer"
     assert seen["busy"]["age_seconds"] == pytest.approx(2 * DAY, abs=120)
+
+
+def test_against_the_simulated_ibm_bb(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Through the CLI and the bundled simulator as bbcmd: a copy in progress is skipped even with
+    --older-than 0s, a failed one deleted, and the first committed once its transfer is over."""
+    monkeypatch.setenv("AXL_BBSIM_SPOOL", os.fspath(tmp_path / "spool"))
+    monkeypatch.setenv("LSF_STAGE_JOBID", "42")
+    bbcmd = tmp_path / "bbcmd"
+    package_root = os.path.dirname(axlstateless.__path__[0])  # this checkout, installed or not
+    python = shlex.quote(sys.executable)
+    bbcmd.write_text(f'#!/bin/sh\nPYTHONPATH={shlex.quote(package_root)} exec {python} -m axlstateless.bbsim "$@"\n')
+    bbcmd.chmod(0o755)
+
+    def sim(*args: str) -> dict[str, Any]:
+        done = subprocess.run([bbcmd, *args], capture_output=True, text=True, check=True, timeout=60)
+        reply: dict[str, Any] = json.loads(done.stdout)
+        return reply
+
+    sim("config", "--rate=1e6")
+    dst = tmp_path / "dst"
+    dst.mkdir()
+    copies = []
+    for tag, size in ((1, 2_500_000), (2, 100_000)):
+        src = tmp_path / f"src{tag}"
+        src.write_bytes(os.urandom(size))
+        handle = int(sim("gethandle", f"--tag={tag}", "--contrib=0")["out"]["transferHandle"])
+        temp = handled(dst, f"f{tag}", src.read_bytes(), handle)
+        temp.write_bytes(b"")
+        copies.append((handle, src, temp))
+    (slow, slow_src, slow_temp), (failing, _, failing_temp) = copies
+    sim("inject", f"--fail-handle={failing}")
+    for handle, src, temp in copies:
+        (tmp_path / f"list{handle}").write_text(f"{src} {temp} 0\n")
+        sim("copy", f"--filelist={tmp_path / f'list{handle}'}", f"--handle={handle}")
+    args = ["cleanup", dst, "--older-than", "0s", "--backend", "ibmbb", "--bbcmd", bbcmd, "--json"]
+
+    deadline = time.monotonic() + 30
+    seen: dict[str, str] = {}
+    while time.monotonic() < deadline:
+        proc = run_cli(*args)
+        for line in proc.stdout.splitlines()[:-1]:
+            record = json.loads(line)
+            seen.setdefault(f"{record['path']} {record['outcome']}", record["reason"])
+        if (dst / "f1").exists():
+            break
+        time.sleep(0.3)
+    by_outcome = {key.rsplit(" ", 1)[1] + ":" + key.rsplit("/", 1)[-1][:2] for key in seen}
+    assert "skipped:f1" in by_outcome  # taken only once its transfer was over
+    assert "aborted:f2" in by_outcome and "committed:f1" in by_outcome
+    assert not {"aborted:f1", "left:f1", "left:f2"} & by_outcome
+    assert (dst / "f1").read_bytes() == slow_src.read_bytes()
+    assert not failing_temp.exists() and not (dst / "f2").exists() and not slow_temp.exists()
+    assert slow != failing
 
 
 # --- the command line --------------------------------------------------------------------------------
