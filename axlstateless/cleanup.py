@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from .backends.base import Backend
 from .errors import UsageError
 from .finalize import FinalizeOptions, finalize
-from .orphan import DEFAULT_OLDER_THAN, OrphanPolicy
-from .report import Sink
+from .orphan import DEFAULT_OLDER_THAN, OrphanPolicy, cleanup_view
+from .report import Record, Sink
 from .walk import AnyPath
 
 
@@ -62,9 +62,13 @@ def cleanup(
     if not opts.older_than >= 0:  # also refuses NaN, which no age would be "younger than"
         raise UsageError(None, f"--older-than must be a duration of 0s or more (got {opts.older_than}s)")
     policy = OrphanPolicy(older_than=opts.older_than, now=now, delete_only=opts.delete_only, act=True)
+
+    def shaped(record: Record) -> None:
+        sink(cleanup_view(record, status=False))
+
     finalize(
         roots,
-        sink,
+        shaped,
         FinalizeOptions(
             backend=opts.backend,
             dry_run=opts.dry_run,

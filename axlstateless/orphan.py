@@ -126,13 +126,16 @@ def holds_directory(record: Record, policy: OrphanPolicy | None) -> bool:
     return policy is not None and policy.act and record.extra is not None and record.extra.get("orphan") is False
 
 
-def cleanup_view(record: Record) -> Record:
-    """`record` with ``age_seconds`` and ``cleanup`` filled in for status when the engine never looked at
-    the file (refused by its listed type, clashing, unrecognised): cleanup would leave or never touch it."""
-    if record.extra is not None and "cleanup" in record.extra:
+def cleanup_view(record: Record, *, status: bool) -> Record:
+    """`record` with the orphan fields every record of cleanup (``age_seconds``, ``orphan``) and of status
+    (also ``cleanup``) carries, filled in where the engine never looked at the file (refused by its listed
+    type, clashing, unrecognised, an unreadable directory): a stable JSON shape."""
+    if record.extra is not None and "orphan" in record.extra and (not status or "cleanup" in record.extra):
         return record
-    verdict = "never touched" if record.kind is Kind.UNRECOGNISED else "would leave"
-    if record.outcome is not Outcome.LEFT and record.kind is not Kind.UNRECOGNISED:
-        verdict = "nothing to do"
-    extra = {"age_seconds": None, "orphan": None, "cleanup": verdict, **(record.extra or {})}
-    return replace(record, extra=extra)
+    extra: dict[str, Any] = {"age_seconds": None, "orphan": None}
+    if status:
+        if record.kind is Kind.UNRECOGNISED:
+            extra["cleanup"] = "never touched"
+        else:
+            extra["cleanup"] = "would leave" if record.outcome is Outcome.LEFT else "nothing to do"
+    return replace(record, extra={**extra, **(record.extra or {})})

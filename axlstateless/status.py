@@ -28,7 +28,7 @@ def status(
     Raises like `finalize`."""
 
     def annotated(record: Record) -> None:
-        sink(cleanup_view(record))
+        sink(cleanup_view(record, status=True))
 
     policy = OrphanPolicy(older_than=older_than, now=now, act=False)
     options = FinalizeOptions(backend=backend, dry_run=True, jobs=jobs, wait_timeout=0.0, orphans=policy)

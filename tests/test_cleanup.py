@@ -559,6 +559,7 @@ def test_cli_json_shape(tmp_path: Path) -> None:
     assert {r["outcome"] for r in records} == {"committed", "aborted", "skipped"}
     for r in records:
         assert {"path", "kind", "outcome", "reason", "final", "mode", "size", "mtime_ns", "handle"} <= set(r)
+        assert {"age_seconds", "orphan"} <= set(r)  # every record, even the unrecognised one: a stable shape
         if r["kind"] == "file":
             assert isinstance(r["age_seconds"], float) and r["age_seconds"] >= 0 and r["orphan"] is True
     assert summary["summary"] and summary["command"] == "cleanup"
