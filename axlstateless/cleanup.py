@@ -13,8 +13,9 @@ bits) and the same order of system calls on open descriptors:
 - a temporary that is not an orphan (too young, in transfer) is skipped: exit code 0, since nothing is
   wrong with it; a later run takes it when it is old enough.
 
-Exit codes are finalize's: 0 nothing left behind (committed or skipped), 1 some orphans were deleted
-(their data did not arrive, or ``delete_only``), 4 some could not be acted on.
+Exit codes are finalize's: 0 every orphan committed (the rest skipped as not orphans yet), 1 some orphans
+were deleted (their data did not arrive, or ``delete_only``, or legacy), 4 some could not be acted on;
+never 3, since cleanup does not wait.
 """
 
 from __future__ import annotations
