@@ -43,6 +43,10 @@ MODES = [0o644, 0o600, 0o444, 0o400, 0o755, 0o640, 0o000, 0o200, 0o750]
 OLD_MTIME = 1_234_567_890_000_000_000
 
 
+def failed_handle(handle: int) -> bool:
+    return handle % 10 == 4 and (handle // 10) % 2 == 0
+
+
 @dataclass(frozen=True)
 class Expect:
     """What one final name may hold: the old file (if any) until the commit, then the new one."""
@@ -57,10 +61,15 @@ def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def build_tree(base: Path, seed: int, files: int, *, chgrp: bool = False) -> tuple[Path, list[Expect], dict[str, Path]]:
+def build_tree(
+    base: Path, seed: int, files: int, *, chgrp: bool = False, handles: bool = False
+) -> tuple[Path, list[Expect], dict[str, Path]]:
     """Pre-stage `files` files over nested directories (half of them created by pre-stage, with markers;
     half existing, some holding an old final file), fill their temporaries as a mover would (most
-    complete; some cut short, over-long or empty), and return what each final name may hold."""
+    complete; some cut short, over-long or empty), and return what each final name may hold.
+
+    With `handles`, each file names one of five BB transfer handles per directory; those of `FAILED`
+    (see `failed_handle`) end BBFAILED, so their temporaries are aborted whatever their size."""
     rng = random.Random(seed)
     src, dst = base / "src", base / "dst"
     ndirs = max(2, files // 150)
@@ -72,7 +81,7 @@ def build_tree(base: Path, seed: int, files: int, *, chgrp: bool = False) -> tup
         if d % 2:
             (dst / rel).mkdir(parents=True, exist_ok=True)  # existing: no marker, may hold old finals
     dst.mkdir(exist_ok=True)
-    pairs = []
+    pairs: list[tuple[int | None, StagePair]] = []
     expects: list[Expect] = []
     fills: dict[str, bytes] = {}
     for i in range(files):
@@ -93,21 +102,27 @@ def build_tree(base: Path, seed: int, files: int, *, chgrp: bool = False) -> tup
             os.utime(final, ns=(OLD_MTIME, OLD_MTIME))
             old = (sha(old_data), 0o644, OLD_MTIME)
         roll = rng.random()
-        if roll < 0.1 and data:
+        handle = 1000 + 10 * (i % ndirs) + i % 5 if handles else None
+        if handle is not None and failed_handle(handle):
+            fill, outcome = data[: rng.randrange(len(data) + 1)], "abort"  # the BB says: failed
+        elif roll < 0.1 and data:
             fill, outcome = data[: rng.randrange(len(data))], "abort"  # cut short
         elif roll < 0.15:
             fill, outcome = data + b"+", "abort"  # over-long
         else:
             fill, outcome = data, "commit"
-        pairs.append(StagePair(os.fsencode(source), os.fsencode(final)))
+        pairs.append((handle, StagePair(os.fsencode(source), os.fsencode(final))))
         fills[str(final)] = fill
         expects.append(Expect(str(final), outcome, (sha(data), mode, mtime), old))
     for n, rel in enumerate(dirs):
         os.chmod(src / rel, [0o755, 0o555, 0o750, 0o700][n % 4])
         os.utime(src / rel, ns=(OLD_MTIME, OLD_MTIME + n))
     dir_sources = {os.fsencode(dst / rel): os.fsencode(src / rel) for rel in dirs}
-    result = prestage(pairs, dir_sources=dir_sources)
-    for staged in result.files:
+    staged_files = []
+    for handle in sorted({h for h, _ in pairs}, key=lambda h: -1 if h is None else h):
+        group = [p for h, p in pairs if h == handle]
+        staged_files += prestage(group, handle=handle, dir_sources=dir_sources).files
+    for staged in staged_files:
         temp = os.fsdecode(staged.temporary)
         with open(temp, "r+b") as out:
             out.write(fills[os.fsdecode(staged.final)])
@@ -194,12 +209,15 @@ def watching(base: Path, expects: list[Expect]) -> Iterator[Callable[[], dict[st
             proc.communicate(timeout=60)
 
 
-def run_and_kill(dst: Path, rng: random.Random) -> int | None:
+def run_and_kill(dst: Path, rng: random.Random, extra: list[str], env: dict[str, str] | None) -> int | None:
     """Start a finalize and SIGKILL it at a random instant: after a random number of its records (so the
     kill lands while it commits), or after a random delay (start-up and walk too). None if it finished."""
     jobs = rng.choice(["1", "2", "4"])
     proc = subprocess.Popen(
-        [*CLI, "finalize", os.fspath(dst), "--json", "--jobs", jobs], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        [*CLI, "finalize", os.fspath(dst), "--json", "--jobs", jobs, *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
     )
     assert proc.stdout is not None
     if rng.random() < 0.3:
@@ -214,22 +232,54 @@ def run_and_kill(dst: Path, rng: random.Random) -> int | None:
     return None if proc.returncode == -signal.SIGKILL else proc.returncode
 
 
-@pytest.mark.parametrize("seed", [11])
-def test_sigkill_at_random_instants(tmp_path: Path, seed: int) -> None:
-    files = int(2000 * SOAK)
-    kills = int(15 * SOAK)
-    dst, expects, created = build_tree(tmp_path, seed, files)
-    rng = random.Random(seed)
+FAKE_BBCMD = Path(__file__).parent / "fakes" / "scripted_bbcmd.py"
+
+
+def bbcmd_says(tmp_path: Path, dst: Path) -> tuple[list[str], dict[str, str]]:
+    """Script the fake bbcmd: every handle in the tree ended, those of `failed_handle` BBFAILED."""
+    from test_hostile import bb_listing
+
+    found = {int(p.name.rpartition(".h")[2]) for p in dst.rglob("*._AXL.v1.m*") if ".h" in p.name}
+    ok = sorted(h for h in found if not failed_handle(h))
+    failed = sorted(h for h in found if failed_handle(h))
+    rules = [
+        {"match": "--matchstatus=BBFULLSUCCESS", "replies": [bb_listing(*ok)]},
+        {"match": "--matchstatus=BBFAILED", "replies": [bb_listing(*failed)]},
+        {"match": "--matchstatus=", "replies": [bb_listing()]},
+    ]
+    (tmp_path / "bbcmd.json").write_text(json.dumps({"rules": rules}))
+    env = dict(os.environ, SCRIPTED_BBCMD_SCRIPT=str(tmp_path / "bbcmd.json"))
+    env["SCRIPTED_BBCMD_LOG"] = os.devnull
+    args = ["--backend", "ibmbb", "--jobid", "42", "--bbcmd", f"{sys.executable} {FAKE_BBCMD}"]
+    return [*args, "--poll-interval", "0.01"], env
+
+
+@pytest.mark.parametrize(
+    ("backend", "files", "kills"),
+    [("none", 2000, 15), pytest.param("ibmbb", 400, 5, id="ibmbb-failed-handles")],
+)
+def test_sigkill_at_random_instants(tmp_path: Path, backend: str, files: int, kills: int) -> None:
+    if backend == "ibmbb" and not FAKE_BBCMD.exists():
+        pytest.skip("the scripted bbcmd (issue 3) is not there")
+    files, kills = int(files * SOAK), int(kills * SOAK)
+    dst, expects, created = build_tree(tmp_path, 11, files, handles=backend == "ibmbb")
+    extra, env = bbcmd_says(tmp_path, dst) if backend == "ibmbb" else ([], None)
+    rng = random.Random(11)
     killed = 0
     with watching(tmp_path, expects) as stop_watcher:
         for _ in range(kills):
-            code = run_and_kill(dst, rng)
+            code = run_and_kill(dst, rng, extra, env)
             if code is None:
                 killed += 1
             else:
                 assert code in (0, 1), code
         final = subprocess.run(
-            [*CLI, "finalize", os.fspath(dst), "--json"], capture_output=True, text=True, timeout=120, check=False
+            [*CLI, "finalize", os.fspath(dst), "--json", *extra],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+            env=env,
         )
         seen = stop_watcher()
     assert "Traceback" not in final.stderr, final.stderr
@@ -240,7 +290,9 @@ def test_sigkill_at_random_instants(tmp_path: Path, seed: int) -> None:
     assert seen["sweeps"] >= 3, seen
     assert seen["nbad"] == 0, seen["bad"]
     check_final_state(dst, expects, created)
-    again = subprocess.run([*CLI, "finalize", os.fspath(dst), "--json"], capture_output=True, text=True, check=False)
+    again = subprocess.run(
+        [*CLI, "finalize", os.fspath(dst), "--json", *extra], capture_output=True, text=True, check=False, env=env
+    )
     assert again.returncode == 0
     assert json.loads(again.stdout.splitlines()[-1])["committed"] == 0
 

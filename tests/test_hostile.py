@@ -14,6 +14,8 @@ import os
 import socket
 import stat
 import subprocess
+import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -606,3 +608,82 @@ def test_ramfs_without_xattrs_full_cycle(tmp_path: Path) -> None:
         assert stat.S_IMODE((mnt / "b").stat().st_mode) == 0o750
     finally:
         subprocess.run(["umount", mnt], check=True)
+
+
+# --- a broken bbcmd (the ibmbb backend, end to end through finalize) -------------------------------------
+
+FAKE_BBCMD = Path(__file__).parent / "fakes" / "scripted_bbcmd.py"
+
+
+def bb_listing(*handles: int) -> dict[str, Any]:
+    out = {"numhandles": str(len(handles)), "numavailhandles": str(len(handles))}
+    out["handles"] = "(" + ",".join(map(str, handles)) + ")"
+    return {"stdout": {"rc": "0", "0": {"id": "1", "rc": "0", "out": out}}}
+
+
+def finalize_with_bbcmd(
+    tmp_path: Path, root: Path, rules: list[tuple[str, dict[str, Any]]], default: dict[str, Any] | None
+) -> tuple[int, list[dict[str, Any]], dict[str, Any], str, float]:
+    script = {"rules": [{"match": m, "replies": [r]} for m, r in rules]}
+    if default is not None:
+        script["default"] = default
+    (tmp_path / "script.json").write_text(json.dumps(script))
+    env = dict(os.environ, SCRIPTED_BBCMD_SCRIPT=str(tmp_path / "script.json"))
+    env["SCRIPTED_BBCMD_LOG"] = str(tmp_path / "calls.log")
+    args = ["finalize", root, "--json", "--backend", "ibmbb", "--jobid", "42", "--poll-interval", "0.01"]
+    args += ["--bbcmd", f"{sys.executable} {FAKE_BBCMD}", "--bbcmd-timeout", "1", "--bbcmd-retries", "1"]
+    args += ["--wait-timeout", "5"]
+    started = time.monotonic()
+    proc = subprocess.run(
+        [*CLI, *map(os.fspath, args)], capture_output=True, text=True, timeout=60, check=False, env=env
+    )
+    elapsed = time.monotonic() - started
+    assert "Traceback" not in proc.stderr, proc.stderr
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    return proc.returncode, lines[:-1], lines[-1], proc.stderr, elapsed
+
+
+BROKEN_BBCMD = {
+    "hangs": {"sleep": 30, "stdout": bb_listing()["stdout"]},
+    "crashes": {"crash": True},
+    "garbage": {"stdout": "Segmentation fault? core dumped\n\x00\x01"},
+    "partial JSON": {"stdout": '{"rc":"0","0":{"id":"1","rc":"0","out":{"handles":"(101,'},
+    "fails": {"stdout": "", "exit": 255},
+}
+
+
+@pytest.mark.skipif(not FAKE_BBCMD.exists(), reason="the scripted bbcmd (issue 3) is not there")
+@pytest.mark.parametrize("kind", sorted(BROKEN_BBCMD))
+def test_broken_bbcmd_changes_nothing(tmp_path: Path, root: Path, kind: str) -> None:
+    """Whatever bbcmd does, nothing is committed or aborted on a guess: one Error line, exit 4, every
+    temporary left as it was, and a hung bbcmd is killed within its timeout."""
+    temps = [forge(root, "a", b"abc", handle=101), forge(root, "b", b"ab", size=3, handle=102)]
+    before = snapshot(root)
+    code, records, summary, err, elapsed = finalize_with_bbcmd(tmp_path, root, [], BROKEN_BBCMD[kind])
+    assert code == 4, err
+    assert records == []
+    assert summary.get("error"), summary
+    assert err.count("Error: ") == 1, err
+    assert snapshot(root) == before
+    assert all(t.exists() for t in temps)
+    assert elapsed < 20
+
+
+@pytest.mark.skipif(not FAKE_BBCMD.exists(), reason="the scripted bbcmd (issue 3) is not there")
+def test_bbcmd_listing_handles_no_temporary_has(tmp_path: Path, root: Path) -> None:
+    """Handles the BB lists but no temporary names (other jobs', or forged) are ignored; each temporary
+    gets the verdict of its own handle, and a "success" whose size does not verify is still aborted."""
+    forge(root, "ok", b"abc", handle=101)
+    forge(root, "failed", b"abc", handle=102)
+    forge(root, "short", b"ab", size=3, handle=103)
+    rules = [
+        ("--matchstatus=BBFULLSUCCESS", bb_listing(101, 103, 999, 12345)),
+        ("--matchstatus=BBFAILED", bb_listing(102, 777)),
+        ("--matchstatus=", bb_listing()),
+    ]
+    code, records, _, err, _ = finalize_with_bbcmd(tmp_path, root, rules, None)
+    assert code == 1, err
+    got = {os.path.basename(r["final"]): r["outcome"] for r in records}
+    assert got == {"ok": "committed", "failed": "aborted", "short": "aborted"}
+    assert (root / "ok").read_bytes() == b"abc"
+    assert sorted(p.name for p in root.iterdir()) == ["ok"]
