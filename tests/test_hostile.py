@@ -687,3 +687,43 @@ def test_bbcmd_listing_handles_no_temporary_has(tmp_path: Path, root: Path) -> N
     assert got == {"ok": "committed", "failed": "aborted", "short": "aborted"}
     assert (root / "ok").read_bytes() == b"abc"
     assert sorted(p.name for p in root.iterdir()) == ["ok"]
+
+
+def test_tree_deeper_than_the_descriptor_limit(root: Path) -> None:
+    """A tree deeper than the open-file limit: the walk reports the directory it could not open (exit
+    4), neither crashes nor hangs, and a run with room finishes the job."""
+    import resource
+
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    for _ in range(300):  # built through descriptors: the path soon passes what a path string may hold
+        os.mkdir("d", dir_fd=fd)
+        child = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+        os.close(fd)
+        fd = child
+    name = TempName(b"deep", 0o644, 1, MTIME).encode()
+    os.close(os.open(name, os.O_WRONLY | os.O_CREAT, 0o600, dir_fd=fd))
+    with open(os.open(name, os.O_WRONLY, dir_fd=fd), "wb") as f:
+        f.write(b"x")
+
+    def low_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (128, 128))
+
+    proc = subprocess.run(
+        [*CLI, "finalize", root, "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        preexec_fn=low_limit,
+    )
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert proc.returncode == 4
+    records = [json.loads(line) for line in proc.stdout.splitlines()[:-1]]
+    assert [r["outcome"] for r in records] == ["left"]
+    assert "Too many open files" in records[0]["reason"]
+    assert os.stat(name, dir_fd=fd).st_size == 1  # untouched
+    code, records2, _ = cli_json("finalize", root, "--verbose")
+    assert code == 0
+    assert [r["outcome"] for r in records2] == ["committed"]
+    assert os.stat(b"deep", dir_fd=fd).st_mtime_ns == MTIME
+    os.close(fd)
