@@ -117,7 +117,9 @@ def settle_file(dfd: int, name: bytes, path: bytes, tn: TempName, settings: Sett
                 return record(Outcome.SKIPPED, policy.why_not(waiting, age_ns))
         # Ownership first for a non-root user: another user's unreadable temporary is held by an O_PATH
         # descriptor, whose xattrs cannot be read (EBADF), and the true reason is that it is not ours.
-        extras = Extras() if settings.euid not in {0, st.st_uid} else read_extras(fd)
+        # An O_PATH descriptor cannot read xattrs (EBADF): a temporary its owner may not read (its final
+        # mode applied before a crash) is judged like one on a file system without them.
+        extras = Extras() if via_path or settings.euid not in {0, st.st_uid} else read_extras(fd)
         if refusal := ownership.refusal(st, extras.uid, extras.gid, settings.euid):
             return record(Outcome.LEFT, refusal)
         action, why = decide(transfer, expected_size=tn.size, actual_size=st.st_size)
@@ -308,7 +310,7 @@ def settle_legacy(
         age_ns, waiting = _age_by_name(dfd, name, policy), IN_TRANSFER
         return record(Outcome.SKIPPED, policy.why_not(waiting, age_ns))
     try:
-        fd, _via_path = _open_temporary(dfd, name)
+        fd, via_path = _open_temporary(dfd, name)
     except OSError as exc:
         return _open_failure(exc, record)
     try:
@@ -321,7 +323,7 @@ def settle_legacy(
         waiting = policy.waiting(in_transfer=False, age_ns=age_ns)
         if waiting:
             return record(Outcome.SKIPPED, policy.why_not(waiting, age_ns))
-        extras = Extras() if settings.euid not in {0, st.st_uid} else read_extras(fd)
+        extras = Extras() if via_path or settings.euid not in {0, st.st_uid} else read_extras(fd)
         if refusal := ownership.refusal(st, extras.uid, extras.gid, settings.euid):
             return record(Outcome.LEFT, refusal)
         if policy.act and not settings.dry_run and not _unlink_same(dfd, name, st, unchanged=True):

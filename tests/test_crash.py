@@ -392,3 +392,26 @@ def test_each_system_call_fails_once_at_every_position(tmp_path: Path) -> None:
             # (no rmtree here: on ext4 it costs more than the runs; pytest removes tmp_path)
             runs += 1
     assert runs == sum(counts.values())
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another user")
+@pytest.mark.parametrize("mode", [0o000, 0o200, 0o100])
+def test_killed_after_chmod_as_a_user(nobody_dir: Path, mode: int) -> None:
+    """The state a kill between fchmod and rename leaves: a user's temporary already carrying a final
+    mode that denies its owner reading it. The rerun, as that user, reaches it through O_PATH and
+    commits it (the crash test above runs as root, which such a mode does not stop)."""
+    from conftest import NOBODY, run_cli_as
+    from test_hostile import forge
+
+    d = nobody_dir / "out"
+    d.mkdir()
+    temp = forge(d, "ckpt", b"data", mode=mode)
+    os.chmod(temp, mode)  # applied before the kill
+    for p in (d, temp):
+        os.chown(p, NOBODY, NOBODY)
+    code, out, err = run_cli_as(NOBODY, NOBODY, "finalize", d, "--json")
+    assert "Traceback" not in err
+    assert code == 0, (out, err)
+    st = (d / "ckpt").stat()
+    assert (stat.S_IMODE(st.st_mode), st.st_uid, (d / "ckpt").read_bytes()) == (mode, NOBODY, b"data")
+    assert not temp.exists()
