@@ -13,83 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from bbkit import ACTIVE, FAKE, FIELD_FAILURE, GARBAGE, PACKAGE_ROOT, Scripted, getstatus_reply, listing
 
-import axlstateless
 from axlstateless.backends.base import TransferState
 from axlstateless.backends.ibmbb import DEFAULT_BBCMD, IbmBBBackend
 from axlstateless.errors import BackendError
-
-FAKE = Path(__file__).parent / "fakes" / "scripted_bbcmd.py"
-PACKAGE_ROOT = str(Path(axlstateless.__path__[0]).parent)
-ACTIVE = r"--matchstatus=BBNOTSTARTED,BBINPROGRESS "
-FIELD_FAILURE = {
-    "stdout": {
-        "id": "1",
-        "rc": "-2",
-        "env": {"configfile": "/etc/ibm/bb.cfg"},
-        "error": {"text": "Unable to create bb.proxyconnection", "func": "BB_InitLibrary"},
-    },
-    "exit": 254,
-}
-GARBAGE = {"stdout": 'Segmentation fault? {"rc":"0","0":{"out":{"handles":"(1,', "exit": 0}
-
-
-def listing(*handles: int, avail: int | None = None, ranks: int = 1, extra: bool = False) -> dict[str, Any]:
-    """A gettransfers reply as bbcmd writes it with --target=0-."""
-    out = {
-        "numhandles": str(len(handles)),
-        "numavailhandles": str(len(handles) if avail is None else avail),
-        "handles": "(" + ",".join(map(str, handles)) + ")",
-    }
-    rank: dict[str, Any] = {"id": "1", "rc": "0", "out": out}
-    if extra:
-        out["newfield"] = "ignored"
-        rank["dft"] = {"whatever": "1"}
-    reply: dict[str, Any] = {"rc": "0", **{str(r): rank for r in range(ranks)}}
-    if extra:
-        reply["syscall"] = "x"
-    return {"stdout": reply}
-
-
-def getstatus_reply(handle: int, status: str) -> dict[str, Any]:
-    out = {
-        "handle": str(handle),
-        "contribid": "0",
-        "jobid": "42",
-        "jobstepid": "0",
-        "tag": "0",
-        "numcontrib": "1",
-        "status": status,
-        "numreportingcontribs": "1",
-        "totalTransferSize": "10",
-        "localstatus": status,
-        "localTransferSize": "10",
-    }
-    return {"stdout": {"rc": "0", "0": {"id": "1", "rc": "0", "out": out}}}
-
-
-class Scripted:
-    """Writes the fake's script and reads back its call log."""
-
-    def __init__(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.script = tmp_path / "script.json"
-        self.log = tmp_path / "calls.log"
-        monkeypatch.setenv("SCRIPTED_BBCMD_SCRIPT", str(self.script))
-        monkeypatch.setenv("SCRIPTED_BBCMD_LOG", str(self.log))
-
-    def play(self, rules: list[tuple[str, list[dict[str, Any]]]], default: dict[str, Any] | None = None) -> None:
-        script: dict[str, Any] = {"rules": [{"match": m, "replies": r} for m, r in rules]}
-        if default is None:
-            # Lists a test does not name are empty.
-            script["rules"].append({"match": r"--matchstatus=", "replies": [listing()]})
-        else:
-            script["default"] = default
-        self.script.write_text(json.dumps(script))
-
-    def calls(self) -> list[list[str]]:
-        if not self.log.exists():
-            return []
-        return [json.loads(line)["argv"] for line in self.log.read_text().splitlines()]
 
 
 @pytest.fixture
