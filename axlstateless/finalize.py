@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -98,7 +97,7 @@ class FinalizeVisitor:
 
     def visit(self, listing: Listing) -> bool:
         pending = committed = False
-        clashes = _clashing_finals(listing)
+        clashes = listing.clashes  # over the whole directory, also when it comes in chunks
         for entry in listing.entries:
             parsed = entry.parsed
             path = os.path.join(listing.path, entry.name)
@@ -184,10 +183,3 @@ class FinalizeVisitor:
             return
         finally:
             os.close(pfd)
-
-
-def _clashing_finals(listing: Listing) -> dict[bytes, int]:
-    # Pre-stage keeps one temporary per final path; two mean a race or a forgery, and choosing one
-    # would be a guess, so both are left for a person.
-    counts = Counter(e.parsed.final for e in listing.entries if isinstance(e.parsed, TempName))
-    return {final: n for final, n in counts.items() if n > 1}

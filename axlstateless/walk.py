@@ -11,21 +11,27 @@ subtree is finished.
 
 from __future__ import annotations
 
+import array
+import itertools
 import os
 import threading
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Protocol
 
 from . import nameformat
 from .errors import UsageError, WalkError
-from .nameformat import Parsed
+from .nameformat import DirMarker, Parsed, TempName
 
 #: A path as the caller has it: str, bytes or a path object (``os.fsencode`` takes them all).
 AnyPath = str | bytes | os.PathLike[str] | os.PathLike[bytes]
 
 _DIR_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _MARKER_STR: Final = os.fsdecode(nameformat.MARKER)
+_DIR_MARKER_STR: Final = _MARKER_STR + ".v1.dir."
+#: Entries a worker holds at once in a streamed directory (about 0.3 KB each).
+CHUNK: Final = 2048
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,12 +45,20 @@ class Entry:
 
 @dataclass
 class Listing:
-    """One directory's entries of interest."""
+    """One directory's entries of interest.
+
+    A directory with more than `CHUNK` of them is *streamed*: `entries` then holds only its directory
+    markers, and `chunks` lists the rest again, `CHUNK` at a time, so memory is bounded by the chunk and
+    not by the widest directory (issue 6: 16 workers on 62,500-entry directories held 350 MB).
+    """
 
     fd: int
     path: bytes
     entries: list[Entry] = field(default_factory=list)
     subdirs: list[bytes] = field(default_factory=list)
+    #: Final names claimed by more than one file temporary in the whole directory, with their count.
+    clashes: dict[bytes, int] = field(default_factory=dict)
+    streamed: bool = False
 
 
 class Visitor(Protocol):
@@ -87,17 +101,76 @@ def open_roots(roots: Sequence[AnyPath]) -> list[tuple[bytes, int]]:
 
 def list_directory(fd: int, path: bytes) -> Listing:
     listing = Listing(fd, path)
+    # One machine word per temporary for the whole directory: the hash of what precedes the marker,
+    # from which clashes are found without holding every entry.
+    prefixes = array.array("q")
     with os.scandir(fd) as it:
+        for de in it:
+            name = de.name
+            if _MARKER_STR in name:
+                prefixes.append(hash(name[: name.rfind(_MARKER_STR)]))
+                if not listing.streamed or _DIR_MARKER_STR in name:
+                    bname = os.fsencode(name)
+                    parsed = nameformat.parse(bname)
+                    if parsed is not None and (not listing.streamed or isinstance(parsed, DirMarker)):
+                        listing.entries.append(Entry(bname, parsed, _dtype(de)))
+                        if len(listing.entries) > CHUNK and not listing.streamed:
+                            listing.streamed = True
+                            listing.entries = [e for e in listing.entries if isinstance(e.parsed, DirMarker)]
+            if de.is_dir(follow_symlinks=False):
+                listing.subdirs.append(os.fsencode(name))
+    if not listing.streamed:
+        listing.clashes = clashing_finals(listing.entries)
+    else:
+        listing.clashes = _streamed_clashes(fd, prefixes)
+    return listing
+
+
+def clashing_finals(entries: Iterable[Entry]) -> dict[bytes, int]:
+    # Pre-stage keeps one temporary per final path; two mean a race or a forgery, and choosing one
+    # would be a guess, so both are left for a person.
+    counts = Counter(e.parsed.final for e in entries if isinstance(e.parsed, TempName))
+    return {final: n for final, n in counts.items() if n > 1}
+
+
+def _streamed_clashes(fd: int, prefixes: array.array[int]) -> dict[bytes, int]:
+    ordered = sorted(prefixes)
+    suspects = {a for a, b in itertools.pairwise(ordered) if a == b}
+    del ordered
+    if not suspects:
+        return {}
+    # Rare: the same prefix twice (a clash, a legacy temporary beside a new one, or a hash collision);
+    # read again, parsing only those names, for exact counts.
+    with os.scandir(fd) as it:
+        return clashing_finals(
+            Entry(os.fsencode(de.name), parsed, "")
+            for de in it
+            if _MARKER_STR in de.name
+            and hash(de.name[: de.name.rfind(_MARKER_STR)]) in suspects
+            and (parsed := nameformat.parse(os.fsencode(de.name))) is not None
+        )
+
+
+def chunks(listing: Listing) -> Iterator[Listing]:
+    """The listing itself, or for a streamed directory, its entries (markers aside) `CHUNK` at a time,
+    read again through the same descriptor; raises OSError if that read fails."""
+    if not listing.streamed:
+        yield listing
+        return
+    part: list[Entry] = []
+    with os.scandir(listing.fd) as it:
         for de in it:
             name = de.name
             if _MARKER_STR in name:
                 bname = os.fsencode(name)
                 parsed = nameformat.parse(bname)
-                if parsed is not None:
-                    listing.entries.append(Entry(bname, parsed, _dtype(de)))
-            if de.is_dir(follow_symlinks=False):
-                listing.subdirs.append(os.fsencode(name))
-    return listing
+                if parsed is not None and not isinstance(parsed, DirMarker):
+                    part.append(Entry(bname, parsed, _dtype(de)))
+                    if len(part) == CHUNK:
+                        yield Listing(listing.fd, listing.path, part, [], listing.clashes)
+                        part = []
+    if part:
+        yield Listing(listing.fd, listing.path, part, [], listing.clashes)
 
 
 def _dtype(de: os.DirEntry[str]) -> str:
@@ -192,7 +265,12 @@ class _Walker:
             node.pending = True
             self._done(node)
             return
-        node.pending |= self.visitor.visit(node.listing)
+        try:
+            for part in chunks(node.listing):
+                node.pending |= self.visitor.visit(part)
+        except OSError as exc:  # a streamed directory could not be read again: report it, go on below
+            self.visitor.error(node.path, exc)
+            node.pending = True
         children = [_Node(os.path.join(node.path, n), n, node) for n in node.listing.subdirs]
         with self.lock:
             node.remaining += len(children)

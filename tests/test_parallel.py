@@ -109,3 +109,27 @@ def test_open_descriptors_stay_bounded(tmp_path: Path, jobs: int) -> None:
 def run_cli_limited(root: Path, jobs: int) -> subprocess.CompletedProcess[str]:
     argv = [sys.executable, "-c", WRAPPER.format(n=NOFILE), "finalize", str(root), "--jobs", str(jobs)]
     return subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+
+
+@pytest.mark.parametrize("jobs", [1, 3])
+def test_streamed_directory_gives_the_same_records(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, jobs: int) -> None:
+    """A directory wider than walk.CHUNK is listed in chunks (bounded memory): clashes far apart in the
+    listing, a legacy name, and a directory marker are judged as when it is held whole."""
+    from axlstateless import walk
+    from axlstateless.finalize import FinalizeOptions, finalize
+    from axlstateless.report import Record
+
+    def run(root: Path) -> list[Record]:
+        got: list[Record] = []
+        finalize([root], got.append, FinalizeOptions(jobs=jobs, dry_run=True))
+        return sorted(got, key=lambda r: (r.path, r.kind.value))
+
+    dst = mixed_tree(tmp_path)
+    flat = dst / "src/timestep.1/flat"
+    for r in range(40):
+        (flat / TempName(b"more.%d" % r, 0o644, 0, 0).encode().decode()).write_bytes(b"")
+    (flat / "more.3._AXL").write_bytes(b"")
+    whole = run(dst)
+    monkeypatch.setattr(walk, "CHUNK", 4)
+    assert run(dst) == whole
+    assert sum(r.reason == "2 temporaries for one final name" for r in whole) == 2
