@@ -354,11 +354,14 @@ def _make_child_dir(parent_fd: int, name: bytes, path: bytes, src_dir: bytes | N
 def _write_filelist(path: bytes, files: list[StagedFile]) -> None:
     tmp = path + b".part%d" % os.getpid()
     try:
-        with open(tmp, "wb") as out:
+        # O_EXCL | O_NOFOLLOW: the name is predictable, and a user who can write the directory could
+        # have planted it as a link to a file root would then overwrite (tests/test_root_over_users.py).
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+        with open(fd, "wb") as out:
             out.writelines(b"%s %s 0\n" % (f.source, f.temporary) for f in files)
         os.replace(tmp, path)
     except OSError as exc:
-        if exc.errno != errno.ENOENT:
+        if exc.errno not in (errno.ENOENT, errno.EEXIST):  # EEXIST: not ours to remove
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
         raise PrestageError(path, f"cannot write the file list: {exc.strerror}") from None

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import stat
+import subprocess
 import sys
 import tempfile
 import traceback
@@ -21,10 +22,10 @@ from typing import Any
 
 import pytest
 import xattr
-from conftest import NOBODY, is_root
+from conftest import CLI, NOBODY, is_root
 from test_hostile import MTIME, cli_json, forge, snapshot
 
-from axlstateless import TempName
+from axlstateless import PrestageError, StagePair, TempName, prestage
 from axlstateless.nameformat import DirMarker
 
 pytestmark = pytest.mark.skipif(not is_root, reason="needs root: the finalizer under test runs as root")
@@ -248,3 +249,54 @@ def test_nobody_cannot_use_root_finalize_to_chown(scratch: Path) -> None:
     assert "foreign group" in by["steal"]["reason"]
     bad = next(p for p in home.iterdir() if p.name.startswith("steal._AXL"))
     assert (bad.stat().st_uid, bad.stat().st_gid) == (NOBODY, 100)
+
+
+@pytest.mark.parametrize("planted", ["symlink", "hardlink", "fifo"])
+def test_report_file_planted_by_a_user_is_refused(scratch: Path, planted: str) -> None:
+    """Root told to write --report into a directory the user can write: a name the user planted as a
+    link to root's secret (or a FIFO) is refused, and the secret is neither truncated nor written."""
+    home = scratch / "home"
+    home.mkdir()
+    os.chown(home, NOBODY, NOBODY)
+    canary = scratch / "canary"
+    canary.mkdir()
+    secret = canary / "shadow"
+    secret.write_bytes(b"root:$6$secret:19000::::::\n")
+    os.chmod(secret, 0o600)
+    report = home / "axl-finalize.42.jsonl"
+    if planted == "symlink":
+        as_user(NOBODY, NOBODY, lambda: report.symlink_to(secret))
+    elif planted == "fifo":
+        as_user(NOBODY, NOBODY, lambda: os.mkfifo(report))
+    else:
+        os.link(secret, report)  # as a site without protected_hardlinks would let the user do
+    sealed = snapshot(canary)
+    proc = subprocess.run(
+        [*CLI, "finalize", home, "--report", report], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert "Traceback" not in proc.stderr
+    assert proc.returncode == 4
+    assert proc.stderr.startswith("Error: ") and "report" in proc.stderr
+    assert snapshot(canary) == sealed
+
+
+def test_filelist_part_file_planted_by_a_user_is_refused(scratch: Path) -> None:
+    """Root pre-staging with --filelist into a user-writable directory: the file list's temporary name
+    is predictable; planted as a symlink to root's secret, it is refused instead of written through."""
+    src = scratch / "src"
+    src.mkdir()
+    (src / "a").write_bytes(b"x")
+    home = scratch / "home"
+    home.mkdir()
+    os.chown(home, NOBODY, NOBODY)
+    secret = scratch / "shadow"
+    secret.write_bytes(b"root:$6$secret:19000::::::\n")
+    filelist = home / "files.txt"
+    part = Path(f"{filelist}.part{os.getpid()}")
+    as_user(NOBODY, NOBODY, lambda: part.symlink_to(secret))
+    before = snapshot_one(secret)
+    with pytest.raises(PrestageError, match="file list"):
+        prestage([StagePair(os.fsencode(src / "a"), os.fsencode(home / "out" / "a"))], filelist=os.fsencode(filelist))
+    assert snapshot_one(secret) == before
+    assert part.is_symlink()  # not ours: left as it was
+    assert not filelist.exists()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import os
+import stat
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -158,6 +160,22 @@ def backend_options(func: F) -> F:
     return decorated  # type: ignore[no-any-return]
 
 
+def open_report(path: str) -> IO[str]:
+    """Open --report FILE for writing, refusing a symlink, a hard link or a non-regular file: root may be
+    told to write the report in a directory a user can write, where the name may have been planted to
+    point at /etc/shadow (tests/test_root_over_users.py). Raises OSError or AxlError."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o666)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+            raise AxlError(path, "cannot write the report: not a regular file with one link (refused)")
+        os.ftruncate(fd, 0)  # only now: truncating at open would have emptied whatever was linked
+        return open(fd, "w", encoding="utf-8")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 @contextmanager
 def reporter(
     command: str,
@@ -176,7 +194,7 @@ def reporter(
             json_streams.append(sys.stdout)
         if report:
             try:
-                json_streams.append(stack.enter_context(open(report, "w", encoding="utf-8")))
+                json_streams.append(stack.enter_context(open_report(report)))
             except OSError as exc:
                 raise AxlError(report, f"cannot write the report: {exc.strerror}") from None
         log_streams: list[IO[str]] = [sys.stderr]
