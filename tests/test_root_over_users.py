@@ -79,7 +79,9 @@ def privileged_bits(root: Path) -> list[str]:
     return found
 
 
-def test_root_finalizes_a_hostile_user_tree(scratch: Path) -> None:
+@pytest.mark.parametrize("command", ["finalize", "cleanup", "status"])
+def test_root_finalizes_a_hostile_user_tree(scratch: Path, command: str) -> None:
+    """Finalize (the post-stage), cleanup (from cron) and status, as root over the same hostile tree."""
     canary = scratch / "canary"
     canary.mkdir()
     shadow = canary / "shadow"
@@ -156,11 +158,22 @@ def test_root_finalizes_a_hostile_user_tree(scratch: Path) -> None:
     # 14. a root-owned temporary asking for set-uid (a root pre-stage of a set-uid source)
     forge(home, "root-suid", b"x", mode=0o6755)
 
+    # 15. legacy AXL names (cleanup deletes old ones): a hardlink to root's secret and a symlink to it
+    os.link(shadow, home / "shadow2._AXL")
+    (home / "shadow3._AXL77").symlink_to(shadow)
+    os.lchown(home / "shadow3._AXL77", NOBODY, NOBODY)
+
     roots_owned_by_others = {
         p: snapshot_one(p) for p in (victim_root, victim_other, root_cfg, root_dir, shadow, tool, mine)
     }
     sealed = snapshot(canary)
-    code, records, _ = cli_json("finalize", home, shared, "--verbose")
+    extra = {"finalize": ["--verbose"], "cleanup": ["--verbose", "--older-than", "0s"], "status": []}[command]
+    whole = snapshot(scratch)
+    code, records, _ = cli_json(command, home, shared, *extra)
+    if command == "status":
+        assert code == 4
+        assert snapshot(scratch) == whole, "status changed something"
+        return
     assert code == 4
     outcome = {os.path.basename(r["final"] or r["path"]): (r["outcome"], r["reason"]) for r in records}
 
@@ -183,6 +196,9 @@ def test_root_finalizes_a_hostile_user_tree(scratch: Path) -> None:
         "fifo",
     }, outcome
     assert "symbolic link" in outcome["passwd"][1]
+    # Legacy names: finalize never opens them; cleanup, which deletes old ones, refuses these two.
+    for legacy in ("shadow2", "shadow3"):
+        assert outcome[legacy][0] == ("left" if command == "cleanup" else "skipped"), outcome[legacy]
     assert "hard links" in outcome["linked"][1]
     assert "hard links" in outcome["shadow-link"][1]
     assert "foreign-owned" in outcome["forged-uid"][1]
@@ -210,7 +226,7 @@ def test_root_finalizes_a_hostile_user_tree(scratch: Path) -> None:
     assert (home / "etc").is_symlink()
     # No file in the user's tree was given to anyone: every file root did not make is still nobody's.
     made_by_root = {"rootdir", "root.cfg", "group0-sgid", "root-suid"}
-    made_by_root |= {p.name for p in home.iterdir() if p.name.startswith("shadow-link")}
+    made_by_root |= {p.name for p in home.iterdir() if p.name.startswith("shadow-link")} | {"shadow2._AXL"}
     for p in home.iterdir():
         if p.name not in made_by_root:
             assert p.lstat().st_uid == NOBODY, p
