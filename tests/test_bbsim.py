@@ -364,6 +364,42 @@ def test_mover_outlives_the_caller_and_is_not_its_child(spool: Path, tmp_path: P
         os.waitpid(-1, os.WNOHANG)  # no child of ours is left, zombie or not
 
 
+@pytest.mark.parametrize("threads", [False, True], ids=["forked", "exec-from-a-threaded-caller"])
+def test_mover_started_in_process_is_detached(spool: Path, tmp_path: Path, threads: bool) -> None:
+    """A caller that starts copies itself (the demo, a test) keeps no child: forked without exec when it
+    runs one thread, a fresh interpreter when it runs more."""
+    import threading
+
+    from axlstateless.bbsim.spool import FileEntry, Spool
+
+    sim = Spool(spool)
+    sim.ensure()
+    sim.update_config(rate=1e6)
+    src, dst = make_copy(tmp_path, "p", 300_000)
+    stop = threading.Event()
+    other = threading.Thread(target=stop.wait) if threads else None
+    if other is not None:
+        other.start()
+    try:
+        sim.start_copy(JOB, 0, 0, 91, [FileEntry(str(src), str(dst), 0)])
+    finally:
+        stop.set()
+        if other is not None:
+            other.join()
+    pid = sim.record(JOB, 91)["transfers"]["0"]["pid"]  # type: ignore[index]
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        assert (b"axlstateless.bbsim.mover" in f.read()) is threads  # which of the two ways
+    assert _ppid(pid) != os.getpid()
+    with pytest.raises(ChildProcessError):
+        os.waitpid(-1, os.WNOHANG)  # no child of ours is left, zombie or not
+    deadline = time.monotonic() + 20
+    while sim.view(JOB, 0, 91).status != 0x8:  # BBFULLSUCCESS
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert dst.read_bytes() == src.read_bytes()
+    assert (spool / "mover.log").read_text() == ""  # nothing went wrong in the mover
+
+
 def _wait_file(spool: Path, handle: str) -> bool:
     path = spool / "jobs" / JOB / f"{handle}.c0.progress"
     deadline = time.monotonic() + 10

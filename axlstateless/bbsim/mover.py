@@ -13,6 +13,7 @@ its progress file, which nobody else writes, at most a few times a second and on
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import stat
@@ -182,6 +183,9 @@ def run_detached(spool: Path, jobid: str, handle: int, contrib: int, *, report_f
     a lock), puts back the default signal handlers the caller may have replaced, and ends with
     ``os._exit``: the caller's atexit handlers, finalizers and buffered output are not the mover's.
     """
+    # Objects inherited from the caller are never collected here: a finalizer of one (a buffered file
+    # flushing on collection) would write to whatever descriptor now has its number.
+    gc.freeze()
     code = 1
     try:
         os.write(report_fd, f"{os.getpid()}\n".encode())
