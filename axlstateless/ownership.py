@@ -45,8 +45,14 @@ def safe_mode(mode: int, uid: int, gid: int, *, as_root: bool, directory: bool =
     if not as_root:
         return mode
     if directory:
-        # On a directory set-gid means "inherit the group", not privilege; set-uid means nothing on Linux.
-        return mode & ~stat.S_ISUID
+        # Set-uid means nothing on a Linux directory. Set-gid makes everything created below inherit the
+        # group: root's own directories keep it (root made the marker), a user's only for a group the user
+        # is in, as chmod would allow; otherwise a user could have new files land in group root (the
+        # inheritance behind CVE-2018-13405).
+        mode &= ~stat.S_ISUID
+        if uid != 0 and (gid == 0 or not member_of(uid, gid)):
+            mode &= ~stat.S_ISGID
+        return mode
     if uid == 0:
         mode &= ~stat.S_ISUID
     if uid == 0 or gid == 0 or not member_of(uid, gid):

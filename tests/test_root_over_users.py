@@ -135,9 +135,10 @@ def test_root_finalizes_a_hostile_user_tree(scratch: Path, command: str) -> None
         # 6. a temporary over a root-owned file in the user's own directory
         temp(home, "root.cfg", b"pwned\n", 0o644)
         # 7. a marker asking to chmod a root-owned directory, and a world-writable set-uid one for its own
-        for final, mode in ((b"rootdir", 0o7777), (b"own-dir", 0o6777)):
+        for final, mode in ((b"rootdir", 0o7777), (b"own-dir", 0o6777), (b"group0-dir", 0o2777)):
             Path(os.fsdecode(os.path.join(os.fsencode(home), DirMarker(final, mode, MTIME).encode()))).touch()
         (home / "own-dir").mkdir()
+        (home / "group0-dir").mkdir()
         # 8. a symlinked middle directory into the canary area, with a temporary beyond it
         (home / "etc").symlink_to(canary / "etc")
         # 9. a final name that is a symlink to the canary: the commit must replace the link, not the target
@@ -155,6 +156,7 @@ def test_root_finalizes_a_hostile_user_tree(scratch: Path, command: str) -> None
     # 13. the user's file in a group of root's (a set-gid directory of a root group would do this)
     own_group0 = forge(home, "group0-sgid", b"x", mode=0o2755)
     os.chown(own_group0, NOBODY, 0)
+    os.chown(home / "group0-dir", NOBODY, 0)  # likewise a directory, whose marker asks for set-gid
     # 14. a root-owned temporary asking for set-uid (a root pre-stage of a set-uid source)
     forge(home, "root-suid", b"x", mode=0o6755)
 
@@ -218,7 +220,10 @@ def test_root_finalizes_a_hostile_user_tree(scratch: Path, command: str) -> None
     assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (0, 0o755)
     assert "set-uid/set-gid dropped" in outcome["root-suid"][1]
     st = (home / "own-dir").stat()
-    assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (NOBODY, 0o2777)  # set-gid on a directory is inheritance
+    assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (NOBODY, 0o2777)  # its own group: set-gid kept
+    # Regression: set-gid on a directory of group root would make everything created below inherit it.
+    st = (home / "group0-dir").stat()
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (NOBODY, 0, 0o777)
     # A final name that was a symlink to root's secret: the link is replaced, the secret untouched.
     assert not (home / "motd").is_symlink()
     assert (home / "motd").stat().st_uid == NOBODY
