@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -139,7 +140,7 @@ def scene_scripted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Scene:
     return Scene("ibmbb", ["--backend", "ibmbb", "--bbcmd", scripted.command, "--jobid", "42"], dst, sources)
 
 
-def scene_bbsim(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Scene:
+def scene_bbsim(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, console_script: bool = False) -> Scene:
     sim = Sim(tmp_path, monkeypatch)
     handles = {c.name: sim.gethandle(i) for i, c in enumerate(CASES) if c.bb not in (None, "unknown")}
     handles |= {"unknown": UNKNOWN_HANDLE, "unknown-truncated": UNKNOWN_HANDLE}
@@ -156,7 +157,7 @@ def scene_bbsim(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Scene:
     for case in CASES:
         if case.name not in ("ok", "failed"):
             fill(temps[case.name], sources[case.name], case.complete)
-    spool_arg = f"{sim.path} --spool {sim.spool}"
+    spool_arg = f"{'axl-bbsim' if console_script else sim.path} --spool {sim.spool}"
     return Scene("ibmbb", ["--backend", "ibmbb", "--bbcmd", spool_arg, "--jobid", sim.jobid], dst, sources)
 
 
@@ -205,6 +206,17 @@ def test_shared_verdict(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, scene_n
     if scene_name == "ibmbb-scripted":
         assert "bbcmd failed (attempt 1 of 4), retrying" in stderr
         assert "Unable to create bb.proxyconnection" in stderr
+
+
+@pytest.mark.skipif(shutil.which("axl-bbsim") is None, reason="the axl-bbsim console script is not on PATH")
+def test_shared_verdict_through_the_console_script(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--bbcmd "axl-bbsim --spool DIR"``, as a user rehearsing on an installed package writes it."""
+    scene = scene_bbsim(tmp_path, monkeypatch, console_script=True)
+    assert scene.args[3].startswith("axl-bbsim --spool ")
+    code, records, _, _ = finalize_records(scene, "cli")
+    assert code == 1
+    for case in CASES:
+        assert records[case.name]["outcome"] == expected("ibmbb", case)[0], case
 
 
 def test_all_complete_exits_0_over_the_simulator(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
