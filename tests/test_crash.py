@@ -215,6 +215,8 @@ def run_and_kill(dst: Path, rng: random.Random, extra: list[str], env: dict[str,
     """Start a finalize and SIGKILL it at a random instant: after a random number of its records (so the
     kill lands while it commits), or after a random delay (start-up and walk too). None if it finished."""
     jobs = rng.choice(["1", "2", "4"])
+    # Kill somewhere in the records still to come (one per temporary left), so late runs are killed too.
+    remaining = sum(1 for p in dst.rglob("*") if "._AXL" in p.name)
     proc = subprocess.Popen(
         [*CLI, "finalize", os.fspath(dst), "--json", "--jobs", jobs, *extra],
         stdout=subprocess.PIPE,
@@ -225,7 +227,7 @@ def run_and_kill(dst: Path, rng: random.Random, extra: list[str], env: dict[str,
     if rng.random() < 0.3:
         time.sleep(rng.uniform(0.0, 0.6))
     else:
-        for _ in range(rng.randrange(1, 400)):
+        for _ in range(rng.randrange(1, max(2, remaining))):
             if not proc.stdout.readline():
                 break
         time.sleep(rng.uniform(0.0, 0.01))
