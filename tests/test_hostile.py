@@ -281,7 +281,9 @@ def test_directory_swapped_by_a_racing_process(root: Path, outside: Canary) -> N
         if d.is_symlink():
             d.unlink()
             d.with_name(d.name + ".moved").rename(d)
-    assert all(r["outcome"] in ("committed", "left") for r in records)
+    # A listing taken mid-rename may name one directory twice (getdents is not atomic): a second worker
+    # then finds its temporaries already done, which is "skipped", never an error.
+    assert all(r["outcome"] in ("committed", "left", "skipped") for r in records)
     cli_json("finalize", root)
     for d in dirs:
         for j in range(10):
