@@ -13,6 +13,8 @@ from typing import Any
 import pytest
 
 import axlstateless
+from axlstateless.backends.bbcmd_reply import status_name
+from axlstateless.bbsim.spool import FileEntry, Spool
 
 FAKE = Path(__file__).parent / "fakes" / "scripted_bbcmd.py"
 PACKAGE_ROOT = str(Path(axlstateless.__path__[0]).parent)
@@ -115,20 +117,27 @@ class Sim:
         obj: dict[str, Any] = json.loads(done.stdout) if done.stdout.strip() else {}
         return obj
 
-    def gethandle(self, tag: int) -> int:
-        return int(self("gethandle", f"--tag={tag}", "--contrib=0")["out"]["transferHandle"])
+    # Set-up through the simulator's library: a bbcmd process per step costs ~0.5 s on a loaded machine,
+    # and lets copies end before the finalize under test starts. The finalize talks to `path`.
 
-    def copy(self, handle: int, pairs: list[tuple[Path, Path]], listfile: Path) -> None:
-        listfile.write_text("".join(f"{src} {dst} 0\n" for src, dst in pairs))
-        reply = self("copy", f"--filelist={listfile}", f"--handle={handle}")
-        assert reply["rc"] == "0", reply
+    @property
+    def lib(self) -> Spool:
+        spool = Spool(self.spool)
+        spool.ensure()
+        return spool
+
+    def gethandle(self, tag: int) -> int:
+        return self.lib.get_handle(self.jobid, 0, tag, [0])
+
+    def copy(self, handle: int, pairs: list[tuple[Path, Path]]) -> None:
+        self.lib.start_copy(self.jobid, 0, 0, handle, [FileEntry(str(s), str(d), 0) for s, d in pairs])
 
     def status(self, handle: int) -> str:
-        return str(self("getstatus", f"--handle={handle}")["out"]["status"])
+        return status_name(self.lib.view(self.jobid, 0, handle).status)
 
     def stop_all(self) -> None:
         """Cancel every handle still moving data, so no mover outlives the test by long."""
-        out = self("gettransfers", "--matchstatus=BBNOTSTARTED,BBINPROGRESS").get("out", {})
-        for handle in out.get("handles", "()").strip("()").split(","):
-            if handle:
-                self("cancel", f"--handle={handle}")
+        spool = self.lib
+        for handle in spool.handles(self.jobid, 0):
+            if self.status(handle) in ("BBNOTSTARTED", "BBINPROGRESS"):
+                spool.cancel(self.jobid, 0, 0, handle, "BBSCOPETAG")

@@ -138,7 +138,7 @@ def test_timeout_leaves_transfers_in_progress_then_a_rerun_finishes(tmp_path: Pa
     job = Job(tmp_path, sim, rate=1_000_000)
     job.rank("done", 10_000)
     job.rank("broken", 10_000, fail_after=5_000)
-    job.rank("slow", 2_000_000)  # 2 s at 1 MB/s
+    job.rank("slow", 600_000)  # 0.6 s at 1 MB/s, and held in progress until released
     job.hold("slow")
     job.wait_over("done", "broken")
     code, stdout, stderr = invoke("finalize", *job.bbcmd, *FAST, "--wait-timeout", "0.3", "--json", job.dst)
@@ -168,7 +168,7 @@ def test_timeout_leaves_transfers_in_progress_then_a_rerun_finishes(tmp_path: Pa
 def test_rerun_after_a_timeout_reports_a_late_failure(tmp_path: Path, sim: Sim) -> None:
     """The rerun's exit code follows the data: a transfer that failed after the timeout exits 1."""
     job = Job(tmp_path, sim, rate=1_000_000)
-    job.rank("late", 1_500_000, fail_after=1_000_000)
+    job.rank("late", 600_000, fail_after=400_000)
     job.hold("late")
     code, _, _ = invoke("finalize", *job.bbcmd, *FAST, "--wait-timeout", "0.2", job.dst)
     assert code == EXIT_TIMEOUT

@@ -22,6 +22,7 @@ from bbkit import ACTIVE, FIELD_FAILURE, Scripted, Sim, getstatus_reply, listing
 from click.testing import CliRunner
 from conftest import run_cli, temporaries
 
+from axlstateless.backends.bbcmd_reply import STATUS_VALUES
 from axlstateless.cli import cli
 from axlstateless.prestage import StagePair, prestage
 
@@ -148,12 +149,14 @@ def scene_bbsim(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, console_scri
     # The simulator's own mover copies `ok`, and `failed` to its last byte before failing it; the other
     # statuses are injected and the temporaries filled here.
     failed_size = sources["failed"].stat().st_size
-    sim("inject", f"--fail-handle={handles['failed']}", f"--fail-after-bytes={failed_size}")
     injected = {"truncated": "BBFULLSUCCESS", "canceled": "BBCANCELED", "stopped": "BBSTOPPED"}
-    injected |= {"partial": "BBPARTIALSUCCESS", "undefined": "128"}
-    sim("inject", *(f"--set-status={handles[n]}={s}" for n, s in injected.items()))
+    injected |= {"partial": "BBPARTIALSUCCESS"}
+    sim.lib.update_injections(
+        fail={handles["failed"]: failed_size},
+        status={handles[n]: STATUS_VALUES[s] for n, s in injected.items()} | {handles["undefined"]: 128},
+    )
     for name in ("ok", "failed"):
-        sim.copy(handles[name], [(sources[name], temps[name])], tmp_path / f"{name}.list")
+        sim.copy(handles[name], [(sources[name], temps[name])])
     for case in CASES:
         if case.name not in ("ok", "failed"):
             fill(temps[case.name], sources[case.name], case.complete)
@@ -230,7 +233,7 @@ def test_all_complete_exits_0_over_the_simulator(tmp_path: Path, monkeypatch: py
         (src / f"f{i}").write_bytes(os.urandom(5000 * i))
         staged = prestage([StagePair(bytes(src / f"f{i}"), bytes(dst / f"f{i}"))], handle=handle)
         pairs.append((src / f"f{i}", Path(os.fsdecode(staged.files[0].temporary))))
-    sim.copy(handle, pairs, tmp_path / "list")
+    sim.copy(handle, pairs)
     args = ["--backend", "ibmbb", "--bbcmd", str(sim.path), "--poll-interval", "0.05", str(dst)]
     proc = run_cli("finalize", *args, check=0)
     assert "3 committed" in proc.stdout
