@@ -99,6 +99,11 @@ def test_poststage_script_without_roots(tmp_path: Path) -> None:
     done = poststage(tmp_path, [tmp_path / "missing"])
     assert done.returncode == 2
     assert "no such directory" in done.stderr
+    # A finalizer that cannot be found is a usage error (2), not bash's 127.
+    done = poststage(tmp_path, [tmp_path], AXL_STATELESS=str(tmp_path / "nowhere" / "axl-stateless"))
+    assert done.returncode == 2
+    assert "command not found (set AXL_STATELESS" in done.stderr
+    assert not list(tmp_path.glob("axl-finalize.*"))
 
 
 def test_poststage_script_passes_on_a_timeout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
