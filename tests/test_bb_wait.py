@@ -249,6 +249,22 @@ def test_missing_bbcmd_is_one_error_line(tmp_path: Path, bbcmd: str, code: int, 
     assert temp.exists()
 
 
+def test_no_handles_no_bbcmd_call(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Temporaries without a handle are judged by verification alone: a failing BB does not stop them."""
+    scripted = Scripted(tmp_path, monkeypatch)
+    scripted.play([], default=FIELD_FAILURE)
+    dst = tmp_path / "dst"
+    dst.mkdir()
+    (dst / os.fsdecode(TempName(b"data", 0o644, 5, 1_500_000_000_000_000_000).encode())).write_bytes(b"12345")
+    args = ["--backend", "ibmbb", "--bbcmd", scripted.command, "--jobid", "42", *FAST, "--json"]
+    code, stdout, _ = invoke("finalize", *args, dst)
+    recs, _ = records(stdout)
+    assert code == EXIT_OK
+    assert recs["data"]["outcome"] == "committed"
+    assert recs["data"]["reason"].startswith("verified by size alone (no handle in the name")
+    assert scripted.calls() == []
+
+
 def test_bad_backend_numbers_are_usage_errors(tmp_path: Path) -> None:
     (tmp_path / "dst").mkdir()
     code, _, stderr = invoke(
