@@ -192,6 +192,9 @@ def test_timeout_returns_false_and_still_learns_states(scripted: Scripted) -> No
     assert bb.status(1).state is TransferState.IN_PROGRESS
     assert bb.status(3).state is TransferState.SUCCEEDED
     assert lines[-1].startswith("gave up waiting after")
+    lines.clear()
+    assert not backend().wait({1, 2, 3}, timeout=0, progress=lines.append)  # one look (status, cleanup)
+    assert lines == ["2 transfers in progress, not waited for: 1,2"]
     assert len(scripted.calls()) < 20
 
 

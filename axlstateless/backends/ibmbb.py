@@ -168,7 +168,10 @@ class IbmBBBackend(Backend):
                 break
             elapsed = now - start
             if elapsed >= timeout:
-                progress(f"gave up waiting after {elapsed:.0f}s: {_count(pending)} still in progress")
+                if timeout > 0:
+                    progress(f"gave up waiting after {elapsed:.0f}s: {_count(pending)} still in progress")
+                else:  # one look, no waiting (status, cleanup): nothing was given up
+                    progress(f"{_count(pending)} in progress, not waited for: {_names(pending)}")
                 self._learn(wanted, active)
                 return False
             if last_report is None or now - last_report >= self.report_interval:
