@@ -108,7 +108,8 @@ def list_directory(fd: int, path: bytes) -> Listing:
         for de in it:
             name = de.name
             if _MARKER_STR in name:
-                prefixes.append(hash(name[: name.rfind(_MARKER_STR)]))
+                if listing.streamed:
+                    prefixes.append(hash(name[: name.rfind(_MARKER_STR)]))
                 if not listing.streamed or _DIR_MARKER_STR in name:
                     bname = os.fsencode(name)
                     parsed = nameformat.parse(bname)
@@ -116,6 +117,9 @@ def list_directory(fd: int, path: bytes) -> Listing:
                         listing.entries.append(Entry(bname, parsed, _dtype(de)))
                         if len(listing.entries) > CHUNK and not listing.streamed:
                             listing.streamed = True
+                            prefixes.extend(
+                                hash(os.fsdecode(e.name[: e.name.rfind(nameformat.MARKER)])) for e in listing.entries
+                            )
                             listing.entries = [e for e in listing.entries if isinstance(e.parsed, DirMarker)]
             if de.is_dir(follow_symlinks=False):
                 listing.subdirs.append(os.fsencode(name))
