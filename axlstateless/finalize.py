@@ -102,11 +102,12 @@ class FinalizeVisitor:
     def visit(self, listing: Listing) -> bool:
         pending = committed = False
         clashes = listing.clashes  # over the whole directory, also when it comes in chunks
+        prefix = os.path.join(listing.path, b"")  # then one concatenation per entry, not a posixpath.join
         for entry in listing.entries:
             parsed = entry.parsed
-            path = os.path.join(listing.path, entry.name)
             if isinstance(parsed, DirMarker):
                 continue
+            path = prefix + entry.name
             if isinstance(parsed, TempName):
                 if why := refuse_type(entry):
                     final = os.path.join(listing.path, parsed.final)
