@@ -63,7 +63,10 @@ class Listing:
 
 class Visitor(Protocol):
     def visit(self, listing: Listing) -> bool:
-        """Handle a directory's own entries (not its markers); True when something was left pending."""
+        """Handle a directory's own entries (not its markers); True when something was left pending.
+
+        Called once per directory, or once per chunk of a streamed one (`Listing.clashes` then still
+        covers the whole directory)."""
 
     def finish(self, listing: Listing, pending_children: dict[bytes, bool]) -> bool:
         """Handle a directory's markers once every subdirectory is finished; True when left pending."""
