@@ -323,3 +323,19 @@ def test_simulator_timeout_and_retry(tmp_path: Path, bbsim: Callable[..., dict[s
     assert any("Unable to create bb.proxyconnection" in line for line in lines)  # retried, then went on
     assert bb.status(slow).state is TransferState.IN_PROGRESS
     bbsim("cancel", f"--handle={slow}")  # stop the mover rather than leave it running past the test
+
+
+def test_a_hanging_bbcmd_cannot_push_finalize_past_the_settle_budget(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """LSF kills the stage-out script at 600 s: after the wait's timeout, bbcmd gets `settle_budget`
+    seconds in all, retries included, however long one call may take."""
+    scripted = Scripted(tmp_path, monkeypatch)
+    scripted.play([], default={"sleep": 30, "stdout": listing()["stdout"]})
+    backend = IbmBBBackend(
+        bbcmd=scripted.command, jobid="42", poll_interval=0.05, call_timeout=30.0, retries=3, settle_budget=1.0
+    )
+    start = time.monotonic()
+    with pytest.raises(BackendError, match=r"time to wait on it is over|no answer within"):
+        backend.wait({101}, 0.2, lambda _line: None)
+    assert time.monotonic() - start < 5  # not 4 calls x 30 s

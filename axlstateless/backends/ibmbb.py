@@ -43,6 +43,10 @@ MAX_NUMHANDLES: Final = 2**31 - 1  # bbcmd reads --numhandles as a C int
 DEFAULT_POLL_INTERVAL: Final = 2.0  # seconds; the first poll, growing 1.5x per poll up to max_poll_interval
 DEFAULT_RETRIES: Final = 3  # more calls after a failed one, before giving up with BackendError
 DEFAULT_CALL_TIMEOUT: Final = 30.0  # seconds one bbcmd call may take before it is killed (a hang)
+# Seconds bbcmd may still take after the wait's timeout, to learn the final states, retries included:
+# LSF kills a stage-out script at 600 s (stageout2timeout) and finalize's default wait is 540 s, so
+# without a bound a bbcmd that hangs near the end would let LSF kill finalize before any commit.
+DEFAULT_SETTLE_BUDGET: Final = 30.0
 MAX_PROBES: Final = 8  # getstatus calls for handles no list mentions; a constant, whatever the count
 _SHOWN_HANDLES: Final = 10  # handles named in one progress line
 _KILL_GRACE: Final = 5.0
@@ -110,6 +114,7 @@ class IbmBBBackend(Backend):
         report_interval: float = 5.0,
         retries: int = DEFAULT_RETRIES,
         call_timeout: float = DEFAULT_CALL_TIMEOUT,
+        settle_budget: float = DEFAULT_SETTLE_BUDGET,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
@@ -132,6 +137,8 @@ class IbmBBBackend(Backend):
         self.report_interval = report_interval
         self.retries = retries
         self.call_timeout = call_timeout
+        self.settle_budget = settle_budget
+        self._deadline: float | None = None  # no bbcmd call runs past it (set by `wait`)
         self._clock = clock
         self._sleep = sleep
         self._progress: Progress = _no_progress
@@ -158,6 +165,7 @@ class IbmBBBackend(Backend):
             return True
         self._numhandles = max(self._numhandles, min(2 * len(wanted), MAX_NUMHANDLES))
         start = self._clock()
+        self._deadline = start + timeout + self.settle_budget
         interval = self.poll_interval
         last_report: float | None = None
         while True:
@@ -294,8 +302,12 @@ class IbmBBBackend(Backend):
                 problem = exc.reason
             except ReplyError as exc:
                 problem = f"unusable reply: {exc}"
+            delay = min(self.poll_interval * attempt, self.max_poll_interval)
+            if self._deadline is not None and self._clock() + delay >= self._deadline:
+                raise BackendError(
+                    None, f"bbcmd failed and the time to wait on it is over: {self._show(args)}: {problem}"
+                )
             if attempt < attempts:
-                delay = min(self.poll_interval * attempt, self.max_poll_interval)
                 self._progress(
                     f"bbcmd failed (attempt {attempt} of {attempts}), retrying in {delay:.1f}s: "
                     f"{self._show(args)}: {problem}"
@@ -317,11 +329,14 @@ class IbmBBBackend(Backend):
             )
         except OSError as exc:
             raise _CallFailed(f"cannot run {argv[0]}: {exc.strerror or exc}") from None
+        limit = self.call_timeout
+        if self._deadline is not None:
+            limit = min(limit, max(0.5, self._deadline - self._clock()))
         try:
-            out, err = proc.communicate(timeout=self.call_timeout)
+            out, err = proc.communicate(timeout=limit)
         except subprocess.TimeoutExpired:
             _kill_group(proc)
-            raise _CallFailed(f"no answer within {self.call_timeout:g}s; killed") from None
+            raise _CallFailed(f"no answer within {limit:g}s; killed") from None
         stdout = out.decode("utf-8", "replace")
         stderr = excerpt(err.decode("utf-8", "replace"))
         if proc.returncode < 0:
