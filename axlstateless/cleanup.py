@@ -40,7 +40,7 @@ class CleanupOptions:
     dry_run: bool = False
     delete_only: bool = False
     one_file_system: bool = True  # never cross into another file system below a root
-    jobs: int = 1
+    jobs: int | None = 1  # --jobs (None: by file system, as finalize)
 
 
 def cleanup(

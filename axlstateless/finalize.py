@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Final
 
 from .backends.base import Backend
 from .backends.none import NoneBackend
@@ -17,13 +18,38 @@ from .walk import AnyPath, Listing, open_roots, refuse_type, walk
 DEFAULT_WAIT_TIMEOUT = 540.0  # below LSF's 600 s stage-out limit, leaving time to commit
 
 
-def default_jobs() -> int:
-    """Workers: 16 whatever the core count, because on a parallel file system the time goes in waiting
-    on calls in flight, not in CPU. On latfs at 200 us per call (docs/performance.md) 16 workers were 6-11x
-    faster than the C floor against 3x for 4 and 8x for 8; 32 added nothing over 16 directories and
-    64 was slower. On a local disk they cost at most a third more CPU (the GIL), and memory per worker is
-    bounded by walk.CHUNK."""
-    return 16
+#: Where a metadata call is microseconds of CPU: extra threads only add GIL hand-offs (issue 6: on an
+#: idle 2-core node, 100k temporaries on ext4 took 4.2 s with one worker, 7.7 s with 2, 14.7 s with 16).
+LOCAL_FILE_SYSTEMS: Final = frozenset(
+    {"ext2", "ext3", "ext4", "xfs", "btrfs", "f2fs", "jfs", "reiserfs", "bcachefs", "zfs", "tmpfs", "ramfs"}
+)
+#: Elsewhere (Lustre, GPFS, BeeGFS, NFS, FUSE...) the time goes in waiting on calls in flight: on latfs
+#: at 200 us per call 16 workers were 6-11x faster than the C floor, 8 workers 8x, 4 workers 3x; 32 added
+#: nothing over 16 directories and 64 was slower (docs/performance.md).
+PARALLEL_JOBS: Final = 16
+
+
+def default_jobs(root_fds: Sequence[int] = ()) -> int:
+    """Workers when none are asked for: 1 when every root is on a local file system, else 16."""
+    if root_fds and all(file_system_type(fd) in LOCAL_FILE_SYSTEMS for fd in root_fds):
+        return 1
+    return PARALLEL_JOBS
+
+
+def file_system_type(fd: int) -> str | None:
+    """The type of the file system holding the open directory `fd` ("ext4", "lustre", "fuse.latfs"),
+    from /proc/self/mountinfo by device number; None when it cannot be told."""
+    dev = os.fstat(fd).st_dev
+    wanted = f"{os.major(dev)}:{os.minor(dev)}"
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as mounts:
+            for line in mounts:
+                fields = line.split()
+                if len(fields) > 2 and fields[2] == wanted and " - " in line:
+                    return line.split(" - ", 1)[1].split()[0]
+    except OSError:
+        return None
+    return None
 
 
 @dataclass
@@ -31,7 +57,7 @@ class FinalizeOptions:
     backend: Backend | None = None
     dry_run: bool = False
     fsync: bool = False
-    jobs: int = 1
+    jobs: int | None = 1  # None: default_jobs() for the roots
     one_file_system: bool = False
     wait_timeout: float = DEFAULT_WAIT_TIMEOUT
     # Set by cleanup and status (issue 4), not a finalize flag: cleanup's policy, or status's annotations.
@@ -59,7 +85,8 @@ def finalize(
             backend.wait(handles, opts.wait_timeout, progress or (lambda _m: None))
         settings = Settings(backend, dry_run=opts.dry_run, fsync=opts.fsync, orphans=opts.orphans)
         visitor = FinalizeVisitor(settings, sink)
-        walk(_dup_roots(opened), visitor, jobs=opts.jobs, one_file_system=opts.one_file_system)
+        jobs = opts.jobs if opts.jobs is not None else default_jobs([fd for _, fd in opened])
+        walk(_dup_roots(opened), visitor, jobs=jobs, one_file_system=opts.one_file_system)
     finally:
         for _, fd in opened:
             os.close(fd)

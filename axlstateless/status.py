@@ -17,7 +17,7 @@ def status(
     sink: Sink,
     *,
     backend: Backend | None = None,
-    jobs: int = 1,
+    jobs: int | None = 1,
     older_than: float = DEFAULT_OLDER_THAN,
     now: float | None = None,
 ) -> None:

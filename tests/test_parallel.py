@@ -133,3 +133,20 @@ def test_streamed_directory_gives_the_same_records(tmp_path: Path, monkeypatch: 
     monkeypatch.setattr(walk, "CHUNK", 4)
     assert run(dst) == whole
     assert sum(r.reason == "2 temporaries for one final name" for r in whole) == 2
+
+
+def test_default_jobs_follow_the_file_system(tmp_path: Path) -> None:
+    """No --jobs: one worker where calls are CPU (threads only add GIL hand-offs), 16 where they wait."""
+    from axlstateless.finalize import LOCAL_FILE_SYSTEMS, PARALLEL_JOBS, default_jobs, file_system_type
+
+    local = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    proc = os.open("/proc", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        kind = file_system_type(local)
+        assert kind is not None
+        assert default_jobs([local]) == (1 if kind in LOCAL_FILE_SYSTEMS else PARALLEL_JOBS)
+        assert file_system_type(proc) == "proc"
+        assert default_jobs([local, proc]) == default_jobs([proc]) == default_jobs() == PARALLEL_JOBS
+    finally:
+        os.close(local)
+        os.close(proc)

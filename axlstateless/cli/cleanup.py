@@ -6,7 +6,6 @@ import click
 
 from axlstateless.backends import Backend
 from axlstateless.cleanup import CleanupOptions, cleanup
-from axlstateless.finalize import default_jobs
 from axlstateless.report import Outcome, Record
 
 from .options import backend_options, handles_errors, older_than_option, output_options, reporter
@@ -40,9 +39,8 @@ When several apply, the highest of 4, 1 is returned."""
     "-j",
     "--jobs",
     type=click.IntRange(min=1),
-    default=default_jobs(),
-    show_default=True,
-    help="Directories worked on at once.",
+    default=None,
+    help="Directories worked on at once [default: 1 on a local file system, 16 on a parallel or network one].",
 )
 @click.option(
     "-v",
@@ -59,7 +57,7 @@ def command(
     dry_run: bool,
     delete_only: bool,
     one_file_system: bool,
-    jobs: int,
+    jobs: int | None,
     verbose: bool,
     as_json: bool,
     report: str | None,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from axlstateless.backends import Backend
-from axlstateless.finalize import DEFAULT_WAIT_TIMEOUT, FinalizeOptions, default_jobs, finalize
+from axlstateless.finalize import DEFAULT_WAIT_TIMEOUT, FinalizeOptions, finalize
 
 from .options import EXIT_CODES_HELP, backend_options, handles_errors, output_options, reporter
 
@@ -26,9 +26,8 @@ from .options import EXIT_CODES_HELP, backend_options, handles_errors, output_op
     "-j",
     "--jobs",
     type=click.IntRange(min=1),
-    default=default_jobs(),
-    show_default=True,
-    help="Directories worked on at once.",
+    default=None,
+    help="Directories worked on at once [default: 1 on a local file system, 16 on a parallel or network one].",
 )
 @click.option("--one-file-system", is_flag=True, help="Do not descend into other file systems below the roots.")
 @click.option("-v", "--verbose", is_flag=True, help="Also list committed temporaries (others are always listed).")
@@ -40,7 +39,7 @@ def command(
     wait_timeout: float,
     dry_run: bool,
     fsync: bool,
-    jobs: int,
+    jobs: int | None,
     one_file_system: bool,
     verbose: bool,
     as_json: bool,

@@ -7,7 +7,6 @@ import os
 import click
 
 from axlstateless.backends import Backend
-from axlstateless.finalize import default_jobs
 from axlstateless.orphan import format_duration
 from axlstateless.report import Outcome, Record
 from axlstateless.status import status
@@ -22,9 +21,8 @@ from .options import EXIT_CODES_HELP, backend_options, handles_errors, older_tha
     "-j",
     "--jobs",
     type=click.IntRange(min=1),
-    default=default_jobs(),
-    show_default=True,
-    help="Directories worked on at once.",
+    default=None,
+    help="Directories worked on at once [default: 1 on a local file system, 16 on a parallel or network one].",
 )
 @older_than_option("Show what `cleanup --older-than DURATION` would do to each temporary now (90s, 30m, 24h, 7d).")
 @output_options
@@ -32,7 +30,7 @@ from .options import EXIT_CODES_HELP, backend_options, handles_errors, older_tha
 def command(
     roots: tuple[str, ...],
     backend: Backend,
-    jobs: int,
+    jobs: int | None,
     older_than: float,
     as_json: bool,
     report: str | None,
