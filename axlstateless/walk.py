@@ -3,10 +3,11 @@ roots, post-order (a directory is finished after everything below it, deepest fi
 sets directory metadata), with one directory's entries handled by one worker at a time (mpifileutils'
 drm: workers do not fight over a directory's lock on a parallel file system).
 
-Memory does not grow with the number of temporaries: a directory is listed, handled and released; open
-descriptors are bounded by the depth of the tree times the number of workers, because workers take the
-most recently found directory first (depth-first), and a directory's descriptor is closed when its
-subtree is finished.
+Memory does not grow with the number of temporaries: a directory is listed, handled and released, and
+one wider than `CHUNK` temporaries is handled `CHUNK` at a time (a worker then holds one chunk, the
+directory's subdirectory names and 8 bytes per temporary). Open descriptors are bounded by the depth
+of the tree times the number of workers, because workers take the most recently found directory first
+(depth-first), and a directory's descriptor is closed when its subtree is finished.
 """
 
 from __future__ import annotations
