@@ -92,8 +92,10 @@ def timed(argv: list[str], **kwargs: object) -> Run:
     return Run(seconds, usage.ru_maxrss / 1024, proc.returncode, err.decode(errors="replace")[-2000:], cpu)
 
 
-def finalize_argv(root: Path, jobs: int, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "axlstateless", "finalize", str(root), "--jobs", str(jobs), *extra]
+def finalize_argv(root: Path, jobs: int | None, *extra: str) -> list[str]:
+    """finalize as a subprocess; `jobs` None leaves --jobs to its default (chosen by file system)."""
+    argv = [sys.executable, "-m", "axlstateless", "finalize", str(root), *extra]
+    return argv if jobs is None else [*argv, "--jobs", str(jobs)]
 
 
 def python_startup() -> float:

@@ -41,6 +41,7 @@ def one_size(fs: str, parent: Path, n: int, jobs: list[int], floor: Path, repeat
             ("Python floor", b.pyfloor_argv(root)),
         ]
         cases += [(f"finalize -j{j}", b.finalize_argv(root, j)) for j in jobs]
+        cases.append(("finalize default", b.finalize_argv(root, None)))
         for _ in range(repeat):  # interleaved, so that a busy spell hits every case alike
             for what, argv in cases:
                 b.reset_tree(root, n)

@@ -61,6 +61,7 @@ def run_size(work: Path, mnt: Path, n: int, jobs: list[int], floor: Path, args: 
     b.make_tree(backing, n)
     via = mnt / backing.relative_to("/")
     cases = [("C floor", [str(floor), str(via)])] + [(f"finalize -j{j}", b.finalize_argv(via, j)) for j in jobs]
+    cases.append(("finalize default", b.finalize_argv(via, None)))
     results: dict[str, list[b.Run]] = {}
     for _ in range(args.repeat):
         for what, argv in cases:
