@@ -166,6 +166,9 @@ def chunks(listing: Listing) -> Iterator[Listing]:
         yield listing
         return
     part: list[Entry] = []
+    # Chunks are handled while the directory is still being read: POSIX readdir returns every entry
+    # that is neither added nor removed meanwhile exactly once, and the renames and unlinks made here
+    # only remove temporaries already returned (and add final names, which carry no marker).
     with os.scandir(listing.fd) as it:
         for de in it:
             name = de.name
