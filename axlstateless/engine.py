@@ -68,8 +68,7 @@ def settle_file(dfd: int, name: bytes, path: bytes, tn: TempName, settings: Sett
     """
     transfer = settings.backend.status(tn.handle)
     policy = settings.orphans
-    age_ns: int | None = None
-    waiting: str | None = None
+    seen = _Seen()
 
     # The walk passes `path` as dir/name: slicing is cheaper than dirname and join, once per temporary.
     if path.endswith(name):
@@ -90,47 +89,29 @@ def settle_file(dfd: int, name: bytes, path: bytes, tn: TempName, settings: Sett
             handle=tn.handle,
             transfer=transfer.detail,
             in_progress=in_progress,
-            extra=None if policy is None else policy.annotate(Kind.FILE, outcome, age_ns, waiting),
+            extra=None if policy is None else policy.annotate(Kind.FILE, outcome, seen.age_ns, seen.waiting),
         )
 
     if transfer.state is TransferState.IN_PROGRESS:
         if policy is not None:
-            age_ns, waiting = _age_by_name(dfd, name, policy), IN_TRANSFER
+            seen.age_ns, seen.waiting = _age_by_name(dfd, name, policy), IN_TRANSFER
             if policy.act:
-                return record(Outcome.SKIPPED, policy.why_not(waiting, age_ns))
+                return record(Outcome.SKIPPED, policy.why_not(seen.waiting, seen.age_ns))
         return record(Outcome.LEFT, "transfer still in progress", in_progress=True)
+    opened = _open_and_check(dfd, name, settings, seen, record, skip_waiting=policy is not None and policy.act)
+    if isinstance(opened, Record):
+        return opened
+    fd, st, extras = opened.fd, opened.st, opened.extras
     try:
-        fd, via_path = _open_temporary(dfd, name)
-    except OSError as exc:
-        return _open_failure(exc, record)
-    try:
-        st = os.fstat(fd)
-        if st.st_nlink == 0:  # unlinked by another finalizer (or cleanup) since we opened it
-            return record(Outcome.SKIPPED, _VANISHED)
-        if problem := _file_problem(st):
-            return record(Outcome.LEFT, problem)
-        if policy is not None:
-            # Judged on this descriptor's fstat, the inode about to be acted on, not on a listing.
-            age_ns = policy.age_ns(st)
-            waiting = policy.waiting(in_transfer=False, age_ns=age_ns)
-            if waiting and policy.act:
-                return record(Outcome.SKIPPED, policy.why_not(waiting, age_ns))
-        # Ownership first for a non-root user: another user's unreadable temporary is held by an O_PATH
-        # descriptor, whose xattrs cannot be read (EBADF), and the true reason is that it is not ours.
-        # An O_PATH descriptor cannot read xattrs (EBADF): a temporary its owner may not read (its final
-        # mode applied before a crash) is judged like one on a file system without them.
-        extras = Extras() if via_path or settings.euid not in {0, st.st_uid} else read_extras(fd)
-        if refusal := ownership.refusal(st, extras.uid, extras.gid, settings.euid):
-            return record(Outcome.LEFT, refusal)
         action, why = decide(transfer, expected_size=tn.size, actual_size=st.st_size)
         if action is Action.COMMIT and policy is not None and policy.act and policy.delete_only:
             action, why = Action.ABORT, "complete, but deleted without commit (--delete-only)"
         if action is Action.ABORT:
             if not settings.dry_run and not _unlink_same(dfd, name, st, unchanged=policy is not None):
-                waiting = BEING_WRITTEN
+                seen.waiting = BEING_WRITTEN
                 return record(Outcome.SKIPPED, "not an orphan: written to while being judged")
             return record(Outcome.ABORTED, why)
-        return _commit(dfd, fd, via_path, name, tn, st, extras.atime_ns, extras.gid, settings, record, why)
+        return _commit(dfd, fd, opened.via_path, name, tn, st, extras.atime_ns, extras.gid, settings, record, why)
     except FileNotFoundError:
         # Only the temporary's own name can be missing here: another process committed or aborted it.
         return record(Outcome.SKIPPED, _VANISHED)
@@ -292,11 +273,10 @@ def settle_legacy(
     final = os.path.join(os.path.dirname(path), ln.final)
     policy = settings.orphans
     transfer = None if policy is None else settings.backend.status(ln.handle)
-    age_ns: int | None = None
-    waiting: str | None = None
+    seen = _Seen()
 
     def record(outcome: Outcome, reason: str, *, in_progress: bool = False) -> Record:
-        extra = None if policy is None else policy.annotate(Kind.LEGACY, outcome, age_ns, waiting)
+        extra = None if policy is None else policy.annotate(Kind.LEGACY, outcome, seen.age_ns, seen.waiting)
         if policy is None or not policy.act:
             outcome, reason = Outcome.SKIPPED, LEGACY_SKIPPED
         detail = None if transfer is None else transfer.detail
@@ -307,27 +287,15 @@ def settle_legacy(
     if refused:
         return record(Outcome.LEFT, f"{refused}: refused")
     if transfer is not None and transfer.state is TransferState.IN_PROGRESS:
-        age_ns, waiting = _age_by_name(dfd, name, policy), IN_TRANSFER
-        return record(Outcome.SKIPPED, policy.why_not(waiting, age_ns))
+        seen.age_ns, seen.waiting = _age_by_name(dfd, name, policy), IN_TRANSFER
+        return record(Outcome.SKIPPED, policy.why_not(seen.waiting, seen.age_ns))
+    opened = _open_and_check(dfd, name, settings, seen, record, skip_waiting=True)
+    if isinstance(opened, Record):
+        return opened
+    fd, st = opened.fd, opened.st
     try:
-        fd, via_path = _open_temporary(dfd, name)
-    except OSError as exc:
-        return _open_failure(exc, record)
-    try:
-        st = os.fstat(fd)
-        if st.st_nlink == 0:  # unlinked by another finalizer (or cleanup) since we opened it
-            return record(Outcome.SKIPPED, _VANISHED)
-        if problem := _file_problem(st):
-            return record(Outcome.LEFT, problem)
-        age_ns = policy.age_ns(st)
-        waiting = policy.waiting(in_transfer=False, age_ns=age_ns)
-        if waiting:
-            return record(Outcome.SKIPPED, policy.why_not(waiting, age_ns))
-        extras = Extras() if via_path or settings.euid not in {0, st.st_uid} else read_extras(fd)
-        if refusal := ownership.refusal(st, extras.uid, extras.gid, settings.euid):
-            return record(Outcome.LEFT, refusal)
         if policy.act and not settings.dry_run and not _unlink_same(dfd, name, st, unchanged=True):
-            waiting = BEING_WRITTEN
+            seen.waiting = BEING_WRITTEN
             return record(Outcome.SKIPPED, "not an orphan: written to while being judged")
         return record(Outcome.ABORTED, "orphaned legacy AXL temporary: deleted (no mode or size to verify a commit)")
     except FileNotFoundError:
@@ -345,6 +313,66 @@ def _age_by_name(dfd: int, name: bytes, policy: OrphanPolicy) -> int | None:
         return policy.age_ns(os.stat(name, dir_fd=dfd, follow_symlinks=False))
     except OSError:
         return None
+
+
+class _Seen:
+    """What the orphan policy saw of a temporary, for its record's annotations."""
+
+    __slots__ = ("age_ns", "waiting")
+
+    def __init__(self) -> None:
+        self.age_ns: int | None = None
+        self.waiting: str | None = None
+
+
+@dataclass(slots=True)
+class _Opened:
+    fd: int
+    via_path: bool
+    st: os.stat_result
+    extras: Extras
+
+
+def _open_and_check(
+    dfd: int, name: bytes, settings: Settings, seen: _Seen, record: _RecordFn, *, skip_waiting: bool
+) -> _Opened | Record:
+    """Open a temporary (or a legacy one) and make the checks every kind shares: gone, not a regular
+    file or hard-linked, not an orphan yet (cleanup), refused owner. A `Record` when it stops there (the
+    descriptor closed), else the open descriptor, for the caller to act on and close."""
+    try:
+        fd, via_path = _open_temporary(dfd, name)
+    except OSError as exc:
+        return _open_failure(exc, record)
+    try:
+        st = os.fstat(fd)
+        policy = settings.orphans
+        if st.st_nlink == 0:  # unlinked by another finalizer (or cleanup) since we opened it
+            done = record(Outcome.SKIPPED, _VANISHED)
+        elif problem := _file_problem(st):
+            done = record(Outcome.LEFT, problem)
+        else:
+            if policy is not None:
+                # Judged on this descriptor's fstat, the inode about to be acted on, not on a listing.
+                seen.age_ns = policy.age_ns(st)
+                seen.waiting = policy.waiting(in_transfer=False, age_ns=seen.age_ns)
+            if policy is not None and seen.waiting and skip_waiting:
+                done = record(Outcome.SKIPPED, policy.why_not(seen.waiting, seen.age_ns))
+            else:
+                # Ownership first for a non-root user: another user's unreadable temporary is held by an
+                # O_PATH descriptor, whose xattrs cannot be read (EBADF), and the true reason is that it
+                # is not ours. Our own, unreadable since its final mode was applied before a crash, is
+                # judged like one on a file system without xattrs.
+                extras = Extras() if via_path or settings.euid not in {0, st.st_uid} else read_extras(fd)
+                if refusal := ownership.refusal(st, extras.uid, extras.gid, settings.euid):
+                    done = record(Outcome.LEFT, refusal)
+                else:
+                    return _Opened(fd, via_path, st, extras)
+    except FileNotFoundError:
+        done = record(Outcome.SKIPPED, _VANISHED)
+    except OSError as exc:
+        done = record(Outcome.LEFT, f"{exc.strerror or exc}")
+    os.close(fd)
+    return done
 
 
 class _RecordFn(Protocol):
