@@ -324,7 +324,9 @@ def _ancestors(path: bytes) -> Iterator[bytes]:
 def _make_child_dir(parent_fd: int, name: bytes, path: bytes, src_dir: bytes | None, out: PrestageResult) -> int:
     try:
         try:
-            os.mkdir(name, 0o700, dir_fd=parent_fd)
+            # With a source directory: private until its mode is known (set below). Without one: as
+            # `mkdir -p` would, the umask deciding.
+            os.mkdir(name, 0o700 if src_dir is not None else 0o777, dir_fd=parent_fd)
             created = True
         except FileExistsError:
             created = False  # another rank of the same job made it first

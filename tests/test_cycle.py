@@ -273,3 +273,24 @@ def test_file_system_without_user_xattrs(tmp_path: Path) -> None:
         assert stat.S_IMODE(st.st_mode) == 0o440 and st.st_mtime_ns == (src / "f").stat().st_mtime_ns
     finally:
         subprocess.run(["umount", mnt], check=True)
+
+
+def test_directories_without_a_source_are_made_as_mkdir_p_would(tmp_path: Path) -> None:
+    (tmp_path / "a.txt").write_bytes(b"hello\n")
+    old = os.umask(0o022)
+    try:
+        invoke("prestage", tmp_path / "a.txt", tmp_path / "new" / "dir" / "a.txt")
+    finally:
+        os.umask(old)
+    for d in (tmp_path / "new", tmp_path / "new" / "dir"):
+        assert stat.S_IMODE(d.stat().st_mode) == 0o755
+    assert not any("._AXL" in p.name for p in tmp_path.iterdir())  # no marker: no source mode to restore
+
+
+def test_a_failed_run_prints_no_contradicting_summary(tmp_path: Path) -> None:
+    proc = run_cli("finalize", tmp_path / "missing", "--json", check=2)
+    (summary,) = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert summary["exit_code"] == 2 and "no such directory" in summary["error"]
+    proc = run_cli("finalize", tmp_path / "missing", check=2)
+    assert proc.stdout == ""
+    assert proc.stderr.startswith("Error: ")

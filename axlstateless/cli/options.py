@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import os
 import stat
 import sys
@@ -211,8 +212,12 @@ def reporter(
         try:
             yield reporter
         except AxlError as exc:
-            reporter.summary.error = str(exc)
-            reporter.finish()
+            # The summary still ends --json and the report (a post-stage script reads only that), with
+            # the error's exit code; the human "N committed (exit 0)" line would contradict the error.
+            summary_json = reporter.summary.to_json() | {"error": str(exc), "exit_code": exc.exit_code}
+            for stream in json_streams:
+                stream.write(json.dumps(summary_json) + "\n")
+                stream.flush()
             raise
         summary = reporter.finish()
     sys.exit(summary.exit_code)
