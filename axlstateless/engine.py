@@ -43,6 +43,7 @@ _VANISHED: Final = "vanished: done by another process"
 _OPEN_FLAGS: Final = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 _DIR_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _PATH_FLAGS: Final = getattr(os, "O_PATH", 0o10000000) | os.O_NOFOLLOW | os.O_CLOEXEC
+_FILE: Final = Kind.FILE
 
 
 @dataclass(frozen=True)
@@ -77,19 +78,20 @@ def settle_file(dfd: int, name: bytes, path: bytes, tn: TempName, settings: Sett
         final = os.path.join(os.path.dirname(path), tn.final)
 
     def record(outcome: Outcome, reason: str, *, in_progress: bool = False) -> Record:
+        # Positional: one record per temporary, and keywords cost more to pass (issue 6).
         return Record(
             path,
-            Kind.FILE,
+            _FILE,
             outcome,
             reason,
-            final=final,
-            mode=tn.mode,
-            size=tn.size,
-            mtime_ns=tn.mtime_ns,
-            handle=tn.handle,
-            transfer=transfer.detail,
-            in_progress=in_progress,
-            extra=None if policy is None else policy.annotate(Kind.FILE, outcome, seen.age_ns, seen.waiting),
+            final,
+            tn.mode,
+            tn.size,
+            tn.mtime_ns,
+            tn.handle,
+            transfer.detail,
+            in_progress,
+            None if policy is None else policy.annotate(_FILE, outcome, seen.age_ns, seen.waiting),
         )
 
     if transfer.state is TransferState.IN_PROGRESS:
@@ -140,11 +142,10 @@ def _commit(
     if as_root and gid is not None and gid != st.st_gid:
         new_gid = gid
     mode = ownership.safe_mode(tn.mode, st.st_uid, new_gid, as_root=as_root)
-    notes = [why] if why else []
+    reason = why
     if mode != tn.mode:
-        notes.append(
-            f"set-uid/set-gid dropped (mode {mode:04o}, not {tn.mode:04o}): root never grants them from a name"
-        )
+        dropped = f"set-uid/set-gid dropped (mode {mode:04o}, not {tn.mode:04o}): root never grants them from a name"
+        reason = f"{why}; {dropped}" if why else dropped
     # The final name is looked at only when its owner matters (root committing a user's file) or a dry
     # run must predict the rename: otherwise renameat itself refuses a directory (EISDIR), and the
     # fstatat was one call in seven per temporary (issue 6).
@@ -159,7 +160,7 @@ def _commit(
             Outcome.LEFT, f"would replace a file owned by uid {final_st.st_uid} with one owned by uid {st.st_uid}"
         )
     if settings.dry_run:
-        return record(Outcome.COMMITTED, "; ".join(notes))
+        return record(Outcome.COMMITTED, reason)
     if new_gid != st.st_gid:
         os.chown(target, -1, new_gid)
     if via_path:
@@ -175,7 +176,7 @@ def _commit(
         return record(Outcome.SKIPPED, "vanished before the rename: done by another process")
     except IsADirectoryError:
         return record(Outcome.LEFT, "the final name is a directory")
-    return record(Outcome.COMMITTED, "; ".join(notes))
+    return record(Outcome.COMMITTED, reason)
 
 
 def settle_dir_marker(

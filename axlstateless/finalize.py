@@ -130,6 +130,9 @@ class FinalizeVisitor:
         pending = committed = False
         clashes = listing.clashes  # over the whole directory, also when it comes in chunks
         prefix = os.path.join(listing.path, b"")  # then one concatenation per entry, not a posixpath.join
+        # Looked up once per directory, not once per temporary (issue 6).
+        settings, sink, orphans, dfd = self.settings, self.sink, self.settings.orphans, listing.fd
+        left, done = Outcome.LEFT, Outcome.COMMITTED
         for entry in listing.entries:
             parsed = entry.parsed
             if isinstance(parsed, DirMarker):
@@ -144,14 +147,16 @@ class FinalizeVisitor:
                     final = os.path.join(listing.path, parsed.final)
                     record = Record(path, Kind.FILE, Outcome.LEFT, f"{n} temporaries for one final name", final=final)
                 else:
-                    record = settle_file(listing.fd, entry.name, path, parsed, self.settings)
+                    record = settle_file(dfd, entry.name, path, parsed, settings)
             elif isinstance(parsed, LegacyName):
-                record = settle_legacy(listing.fd, entry.name, path, parsed, self.settings, refused=refuse_type(entry))
+                record = settle_legacy(dfd, entry.name, path, parsed, settings, refused=refuse_type(entry))
             elif isinstance(parsed, Unrecognised):
                 record = Record(path, Kind.UNRECOGNISED, Outcome.SKIPPED, f"unrecognised name: {parsed.reason}")
-            pending |= holds_directory(record, self.settings.orphans)
-            committed |= record.outcome is Outcome.COMMITTED
-            self.sink(record)
+            outcome = record.outcome
+            if outcome is left or (orphans is not None and holds_directory(record, orphans)):
+                pending = True
+            committed |= outcome is done
+            sink(record)
         if committed and self.settings.fsync and not self.settings.dry_run:
             # One directory fsync after all its renames (Syncthing batches them too): each file was
             # fsynced before its rename, so a crash before this loses only renames, which a rerun redoes.

@@ -33,9 +33,14 @@ class Kind(enum.Enum):
     UNRECOGNISED = "unrecognised"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Record:
-    """What happened (or, in a dry run or `status`, would happen) to one temporary."""
+    """What happened (or, in a dry run or `status`, would happen) to one temporary.
+
+    Treat it as read-only once made (`dataclasses.replace` makes a changed copy). It is not frozen: a
+    frozen dataclass sets each of its 12 fields through ``object.__setattr__``, 2.3 us a record against
+    0.6 us, one record per temporary (issue 6).
+    """
 
     path: bytes
     kind: Kind
@@ -151,10 +156,13 @@ class Reporter:
 
     def __call__(self, record: Record) -> None:
         with self._lock:
-            self.summary.add(record)
+            summary = self.summary
+            summary.counts[record.outcome] += 1  # Summary.add, inlined: once per temporary (issue 6)
+            if record.in_progress:
+                summary.in_progress += 1
             if self._json:
                 data = record.to_json()
-                if self.summary.dry_run:
+                if summary.dry_run:
                     data["dry_run"] = True
                 line = json.dumps(data) + "\n"
                 for stream in self._json:
