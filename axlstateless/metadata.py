@@ -43,7 +43,8 @@ def decode_meta(raw: bytes) -> Extras:
     # What pre-stage writes matches in one regex call, read once per temporary (issue 6: the field loop
     # cost more than the fgetxattr itself).
     if m := _CANONICAL_META.fullmatch(raw):
-        return Extras(atime_ns=int(m[1]), uid=int(m[2]), gid=int(m[3]))
+        atime, uid, gid = m.groups()
+        return Extras(int(atime), int(uid), int(gid))
     values: dict[str, int] = {}
     for field in raw.split(b";"):
         key, sep, value = field.partition(b"=")

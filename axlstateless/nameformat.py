@@ -115,13 +115,14 @@ def parse(name: bytes) -> Parsed | None:
     if problem := final_problem(final):
         return Unrecognised(name, problem)
     if m := _FILE_RE.fullmatch(suffix):
-        size, mtime = int(m[2]), int(m[3])
-        handle = None if m[4] is None else int(m[4])
+        mode_s, size_s, mtime_s, handle_s = m.groups()
+        size, mtime = int(size_s), int(mtime_s)
+        handle = None if handle_s is None else int(handle_s)
         if size >= SIZE_LIMIT or not -MTIME_LIMIT <= mtime < MTIME_LIMIT:
             return Unrecognised(name, "a number is out of range")
         if handle is not None and handle >= HANDLE_LIMIT:
             return Unrecognised(name, "the handle is out of range")
-        return TempName(final, int(m[1], 8), size, mtime, handle)
+        return TempName(final, int(mode_s, 8), size, mtime, handle)
     if m := _DIR_RE.fullmatch(suffix):
         mtime = int(m[2])
         if not -MTIME_LIMIT <= mtime < MTIME_LIMIT:

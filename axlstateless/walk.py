@@ -15,6 +15,7 @@ from __future__ import annotations
 import array
 import itertools
 import os
+import sys
 import threading
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
@@ -33,6 +34,9 @@ _MARKER_STR: Final = os.fsdecode(nameformat.MARKER)
 _DIR_MARKER_STR: Final = _MARKER_STR + ".v1.dir."
 #: Entries a worker holds at once in a streamed directory (about 0.3 KB each).
 CHUNK: Final = 2048
+# What os.fsencode does to a str, without its Python-level call once per directory entry (issue 6).
+_FS_ENCODING: Final = sys.getfilesystemencoding()
+_FS_ERRORS: Final = sys.getfilesystemencodeerrors()
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +170,7 @@ def chunks(listing: Listing) -> Iterator[Listing]:
         yield listing
         return
     part: list[Entry] = []
+    parse = nameformat.parse
     # Chunks are handled while the directory is still being read: POSIX readdir returns every entry
     # that is neither added nor removed meanwhile exactly once, and the renames and unlinks made here
     # only remove temporaries already returned (and add final names, which carry no marker).
@@ -173,8 +178,8 @@ def chunks(listing: Listing) -> Iterator[Listing]:
         for de in it:
             name = de.name
             if _MARKER_STR in name:
-                bname = os.fsencode(name)
-                parsed = nameformat.parse(bname)
+                bname = name.encode(_FS_ENCODING, _FS_ERRORS)
+                parsed = parse(bname)
                 if parsed is not None and not isinstance(parsed, DirMarker):
                     part.append(Entry(bname, parsed, _dtype(de)))
                     if len(part) == CHUNK:
