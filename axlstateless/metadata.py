@@ -26,8 +26,10 @@ _CANONICAL_META: Final = re.compile(rb"atime=(-?[0-9]{1,20});uid=([0-9]{1,20});g
 _NO_XATTRS: Final = frozenset({errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENODATA, errno.EPERM, errno.EACCES})
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Extras:
+    """Read once per temporary: not frozen, which costs a setattr call per field to build (issue 6)."""
+
     atime_ns: int | None = None
     uid: int | None = None
     gid: int | None = None

@@ -39,9 +39,11 @@ _FS_ENCODING: Final = sys.getfilesystemencoding()
 _FS_ERRORS: Final = sys.getfilesystemencodeerrors()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Entry:
-    """A directory entry whose name carries the marker, with what the listing said of its type."""
+    """A directory entry whose name carries the marker, with what the listing said of its type.
+
+    Not frozen: one per temporary, and a frozen dataclass sets each field through a call (issue 6)."""
 
     name: bytes
     parsed: Parsed
