@@ -114,30 +114,44 @@ def list_directory(fd: int, path: bytes) -> Listing:
     # One machine word per temporary for the whole directory: the hash of what precedes the marker,
     # from which clashes are found without holding every entry.
     prefixes = array.array("q")
+    # Names are parsed only once the directory is known not to be streamed (at most CHUNK of them held
+    # meanwhile): a streamed one's temporaries are parsed by `chunks`, and parsing them here as well
+    # cost a parse per temporary for nothing (issue 6).
+    held: list[tuple[str, str]] = []
     with os.scandir(fd) as it:
         for de in it:
             name = de.name
             if _MARKER_STR in name:
                 if listing.streamed:
                     prefixes.append(hash(name[: name.rfind(_MARKER_STR)]))
-                if not listing.streamed or _DIR_MARKER_STR in name:
-                    bname = os.fsencode(name)
-                    parsed = nameformat.parse(bname)
-                    if parsed is not None and (not listing.streamed or isinstance(parsed, DirMarker)):
-                        listing.entries.append(Entry(bname, parsed, _dtype(de)))
-                        if len(listing.entries) > CHUNK and not listing.streamed:
-                            listing.streamed = True
-                            prefixes.extend(
-                                hash(os.fsdecode(e.name[: e.name.rfind(nameformat.MARKER)])) for e in listing.entries
-                            )
-                            listing.entries = [e for e in listing.entries if isinstance(e.parsed, DirMarker)]
+                    if _DIR_MARKER_STR in name:
+                        _add_marker(listing, name, _dtype(de))
+                else:
+                    held.append((name, _dtype(de)))
+                    if len(held) > CHUNK:
+                        listing.streamed = True
+                        prefixes.extend(hash(n[: n.rfind(_MARKER_STR)]) for n, _ in held)
+                        for n, dtype in held:
+                            if _DIR_MARKER_STR in n:
+                                _add_marker(listing, n, dtype)
+                        held = []
             if de.is_dir(follow_symlinks=False):
                 listing.subdirs.append(os.fsencode(name))
     if not listing.streamed:
+        for name, dtype in held:
+            bname = name.encode(_FS_ENCODING, _FS_ERRORS)
+            if (parsed := nameformat.parse(bname)) is not None:
+                listing.entries.append(Entry(bname, parsed, dtype))
         listing.clashes = clashing_finals(listing.entries)
     else:
         listing.clashes = _streamed_clashes(fd, prefixes)
     return listing
+
+
+def _add_marker(listing: Listing, name: str, dtype: str) -> None:
+    bname = name.encode(_FS_ENCODING, _FS_ERRORS)
+    if isinstance(parsed := nameformat.parse(bname), DirMarker):
+        listing.entries.append(Entry(bname, parsed, dtype))
 
 
 def clashing_finals(entries: Iterable[Entry]) -> dict[bytes, int]:
