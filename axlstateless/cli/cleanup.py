@@ -8,7 +8,7 @@ from axlstateless.backends import Backend
 from axlstateless.cleanup import CleanupOptions, cleanup
 from axlstateless.report import Outcome, Record
 
-from .options import backend_options, handles_errors, older_than_option, output_options, reporter
+from .options import backend_options, handles_errors, jobs_option, older_than_option, output_options, reporter
 
 CLEANUP_EXIT_CODES_HELP = """\b
 Exit codes:
@@ -35,13 +35,7 @@ When several apply, the highest of 4, 1 is returned."""
     show_default=True,
     help="Do not descend into other file systems below the roots.",
 )
-@click.option(
-    "-j",
-    "--jobs",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Directories worked on at once [default: 1 on a local file system, 16 on a parallel or network one].",
-)
+@jobs_option
 @click.option(
     "-v",
     "--verbose",

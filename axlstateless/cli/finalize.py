@@ -7,7 +7,7 @@ import click
 from axlstateless.backends import Backend
 from axlstateless.finalize import DEFAULT_WAIT_TIMEOUT, FinalizeOptions, finalize
 
-from .options import EXIT_CODES_HELP, backend_options, handles_errors, output_options, reporter
+from .options import EXIT_CODES_HELP, backend_options, handles_errors, jobs_option, output_options, reporter
 
 
 @click.command("finalize", epilog=EXIT_CODES_HELP)
@@ -22,13 +22,7 @@ from .options import EXIT_CODES_HELP, backend_options, handles_errors, output_op
 )
 @click.option("--dry-run", is_flag=True, help="Decide and report, change nothing.")
 @click.option("--fsync", is_flag=True, help="Make each commit durable (file, then directory).")
-@click.option(
-    "-j",
-    "--jobs",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Directories worked on at once [default: 1 on a local file system, 16 on a parallel or network one].",
-)
+@jobs_option
 @click.option("--one-file-system", is_flag=True, help="Do not descend into other file systems below the roots.")
 @click.option("-v", "--verbose", is_flag=True, help="Also list committed temporaries (others are always listed).")
 @output_options

@@ -72,6 +72,17 @@ def _duration(ctx: click.Context, param: click.Parameter, value: str) -> float:
         raise click.BadParameter(exc.reason, ctx, param) from None
 
 
+def jobs_option(func: F) -> F:
+    """-j/--jobs, shared by finalize, cleanup and status; None lets the library choose by file system."""
+    return click.option(
+        "-j",
+        "--jobs",
+        type=click.IntRange(min=1),
+        default=None,
+        help="Directories worked on at once [default: 1 on a local file system, 16 on a parallel or network one].",
+    )(func)
+
+
 def older_than_option(help_text: str) -> Callable[[F], F]:
     """--older-than DURATION, shared by cleanup (which acts on it) and status (which reports it)."""
     return click.option(

@@ -11,19 +11,21 @@ from axlstateless.orphan import format_duration
 from axlstateless.report import Outcome, Record
 from axlstateless.status import status
 
-from .options import EXIT_CODES_HELP, backend_options, handles_errors, older_than_option, output_options, reporter
+from .options import (
+    EXIT_CODES_HELP,
+    backend_options,
+    handles_errors,
+    jobs_option,
+    older_than_option,
+    output_options,
+    reporter,
+)
 
 
 @click.command("status", epilog=EXIT_CODES_HELP)
 @click.argument("roots", nargs=-1, required=True, type=click.Path(file_okay=False))
 @backend_options
-@click.option(
-    "-j",
-    "--jobs",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Directories worked on at once [default: 1 on a local file system, 16 on a parallel or network one].",
-)
+@jobs_option
 @older_than_option("Show what `cleanup --older-than DURATION` would do to each temporary now (90s, 30m, 24h, 7d).")
 @output_options
 @handles_errors
