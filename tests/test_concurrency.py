@@ -20,7 +20,6 @@ import pytest
 from conftest import CLI
 
 from axlstateless import StagePair, prestage
-from axlstateless.cli import cli
 
 FINALIZERS = 4
 SEEDS = list(range(1, 1 + max(3, int(3 * float(os.environ.get("AXL_SOAK", "1"))))))  # tools/fuzz/run.sh: more
@@ -109,10 +108,6 @@ def run_together(commands: list[list[str]]) -> list[tuple[int, list[dict[str, An
     return results
 
 
-def cleanup_available() -> bool:
-    return "cleanup" in cli.commands
-
-
 @pytest.mark.parametrize("seed", SEEDS)
 def test_four_finalizers_at_once(tmp_path: Path, seed: int) -> None:
     dst, expect = build_tree(tmp_path, seed)
@@ -142,7 +137,6 @@ def test_four_finalizers_at_once(tmp_path: Path, seed: int) -> None:
     check_final_state(dst, expect)
 
 
-@pytest.mark.skipif(not cleanup_available(), reason="`axl-stateless cleanup` is not there yet (issue 4)")
 def test_finalizers_and_cleanup_at_once(tmp_path: Path) -> None:
     dst, expect = build_tree(tmp_path, 9, dirs=4, per_dir=100)
     commands = [["finalize", os.fspath(dst), "--json", "--jobs", "2"] for _ in range(FINALIZERS)]

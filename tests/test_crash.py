@@ -263,8 +263,6 @@ def bbcmd_says(tmp_path: Path, dst: Path) -> tuple[list[str], dict[str, str]]:
     [("none", 2000, 15), pytest.param("ibmbb", 400, 5, id="ibmbb-failed-handles")],
 )
 def test_sigkill_at_random_instants(tmp_path: Path, backend: str, files: int, kills: int) -> None:
-    if backend == "ibmbb" and not FAKE_BBCMD.exists():
-        pytest.skip("the scripted bbcmd (issue 3) is not there")
     files, kills = int(files * SOAK), int(kills * SOAK)
     dst, expects, created = build_tree(tmp_path, 11, files, handles=backend == "ibmbb")
     extra, env = bbcmd_says(tmp_path, dst) if backend == "ibmbb" else ([], None)
