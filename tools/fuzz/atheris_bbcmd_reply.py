@@ -9,34 +9,18 @@ or a hang).
 
 from __future__ import annotations
 
-import contextlib
 import sys
 
 import atheris
 
+# The same calls as the hypothesis job (hypothesis_bbcmd_reply.py, beside this file): only ReplyError
+# may come out of them.
 with atheris.instrument_imports():
-    from axlstateless.backends.bbcmd_reply import (
-        ReplyError,
-        parse_handle_info,
-        parse_handles,
-        parse_reply,
-        parse_status,
-        parse_transfer_list,
-    )
+    from hypothesis_bbcmd_reply import parse_all
 
 
 def test_one_input(data: bytes) -> None:
-    text = data.decode("utf-8", "replace")
-    for parse in (parse_handles, parse_status):
-        with contextlib.suppress(ReplyError):
-            parse(text)
-    try:
-        reply = parse_reply(text)
-    except ReplyError:
-        return
-    for follow in (parse_transfer_list, parse_handle_info):
-        with contextlib.suppress(ReplyError):
-            follow(reply)
+    parse_all(data.decode("utf-8", "replace"))
 
 
 def main() -> None:
