@@ -20,15 +20,63 @@ never 3, since cleanup does not wait.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 from .backends.base import Backend
 from .errors import UsageError
 from .finalize import FinalizeOptions, finalize
-from .orphan import DEFAULT_OLDER_THAN, OrphanPolicy, cleanup_view
-from .report import Record, Sink
+from .orphan import CONTENTS_PENDING, DEFAULT_OLDER_THAN, IN_TRANSFER, OrphanPolicy, cleanup_view, holds_directory
+from .policy import Legacy, Policy, Seen
+from .report import Kind, Outcome, Record, Sink
+from .verdict import Action
 from .walk import AnyPath
+
+
+class CleanupPolicy(Policy):
+    """Cleanup's policy: act only on orphans (`OrphanPolicy`), never delete a file written to since it was
+    judged, and with ``delete_only`` delete complete orphans instead of committing them."""
+
+    command: ClassVar[str] = "cleanup"
+    legacy_handles: ClassVar[bool] = True
+    guard_unchanged: ClassVar[bool] = True
+    measures_age: ClassVar[bool] = True
+
+    def __init__(self, orphans: OrphanPolicy) -> None:
+        self.orphans = orphans
+
+    def in_transfer(self, seen: Seen) -> tuple[Outcome, str, bool]:
+        seen.waiting = IN_TRANSFER
+        return Outcome.SKIPPED, self.orphans.why_not(IN_TRANSFER, seen.age_ns), False
+
+    def age_ns(self, st: os.stat_result) -> int | None:
+        return self.orphans.age_ns(st)
+
+    def hold(self, seen: Seen, st: os.stat_result) -> str | None:
+        seen.age_ns = self.orphans.age_ns(st)
+        seen.waiting = self.orphans.waiting(in_transfer=False, age_ns=seen.age_ns)
+        return None if seen.waiting is None else self.orphans.why_not(seen.waiting, seen.age_ns)
+
+    def verdict(self, action: Action, why: str) -> tuple[Action, str]:
+        if action is Action.COMMIT and self.orphans.delete_only:
+            return Action.ABORT, "complete, but deleted without commit (--delete-only)"
+        return action, why
+
+    def unclaimed_legacy(self) -> Legacy:
+        return Legacy.DELETE
+
+    def marker_waits(self, seen: Seen) -> tuple[Outcome, str]:
+        # What is below is not an orphan yet (or was reported left); the marker waits with it.
+        seen.waiting = CONTENTS_PENDING
+        return Outcome.SKIPPED, self.orphans.why_not(CONTENTS_PENDING, None)
+
+    def annotate(self, kind: Kind, outcome: Outcome, seen: Seen) -> dict[str, Any] | None:
+        return self.orphans.annotate(kind, outcome, seen.age_ns, seen.waiting)
+
+    def holds_directory(self, record: Record) -> bool:
+        return holds_directory(record, self.orphans)
 
 
 @dataclass
@@ -76,7 +124,7 @@ def cleanup(
             jobs=opts.jobs,
             one_file_system=opts.one_file_system,
             wait_timeout=0.0,  # an orphan's transfer is over or forgotten; one look, no waiting
-            orphans=policy,
+            policy=CleanupPolicy(policy),
         ),
         progress=progress,
     )

@@ -6,20 +6,20 @@ The commit order is fixed by the promises:
 1. open the temporary ``O_NOFOLLOW | O_NONBLOCK`` (a FIFO must not block, a symlink is refused) and
    ``fstat`` the descriptor: only a regular file with one link is acted on (CVE-2017-18078: a hardlink to
    /etc/passwd), only one its owner may act on;
-2. verify the size against the name;
+2. verify the size against what is expected (`source.py`: our name, or an AXL state-file entry);
 3. as root, ``fchown`` to the expected group first, because chown clears set-uid/set-gid
-   (AXL chmods first and loses them); then ``fchmod``; then ``futimens`` (mtime from the name, atime from
-   the xattr), all on the descriptor;
+   (AXL chmods first and loses them); then ``fchmod``; then ``futimens`` (mtime from the name or the
+   record, atime from the xattr or the record), all on the descriptor;
 4. with ``--fsync``, fsync the file before the rename (renameio: otherwise a crash can leave an empty
    file under the final name);
 5. ``renameat`` within the directory: the final name appears only now, complete, with its mode and times.
 
 An abort unlinks the temporary; the old final file, if any, stays.
 
-Cleanup (issue 4) runs the same steps with an `OrphanPolicy` in `Settings`: after the ``fstat``, a
-temporary that is not an orphan (too young, its transfer in progress) is skipped untouched; an orphan goes
-through the same refusals and verdict, and is not deleted after all if the file was written to since
-it was judged (its ctime or size moved).
+What a verdict leads to is the `Policy` in `Settings` (`policy.py`): finalize's by default; cleanup's
+skips a temporary that is not an orphan (too young, its transfer in progress) untouched after the
+``fstat``, and does not delete one written to since it was judged (its ctime or size moved); status's
+changes nothing and annotates each record.
 """
 
 from __future__ import annotations
@@ -33,17 +33,18 @@ from typing import Final, Protocol
 
 from . import ownership
 from .backends.base import Backend, TransferState, TransferStatus
-from .metadata import Extras, read_extras
-from .nameformat import DirMarker, LegacyName, TempName
-from .orphan import BEING_WRITTEN, CONTENTS_PENDING, IN_TRANSFER, OrphanPolicy
+from .metadata import Extras
+from .nameformat import DirMarker, LegacyName
+from .orphan import BEING_WRITTEN
+from .policy import FINALIZE, Legacy, Policy, Seen
 from .report import Kind, Outcome, Record
+from .source import NAME_SOURCE, Expected, Source
 from .verdict import Action, decide
 
 _VANISHED: Final = "vanished: done by another process"
 _OPEN_FLAGS: Final = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 _DIR_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _PATH_FLAGS: Final = getattr(os, "O_PATH", 0o10000000) | os.O_NOFOLLOW | os.O_CLOEXEC
-_FILE: Final = Kind.FILE
 
 
 @dataclass(frozen=True)
@@ -54,66 +55,67 @@ class Settings:
     dry_run: bool = False
     fsync: bool = False
     euid: int = -1
-    orphans: OrphanPolicy | None = None  # cleanup's policy (or, not acting, status's annotations)
+    policy: Policy = FINALIZE  # what is done with each verdict: finalize's, cleanup's or status's
 
     def __post_init__(self) -> None:
         if self.euid == -1:
             object.__setattr__(self, "euid", os.geteuid())
+        if not self.policy.acts and not self.dry_run:
+            object.__setattr__(self, "dry_run", True)
 
 
-def settle_file(dfd: int, name: bytes, path: bytes, tn: TempName, settings: Settings) -> Record:
-    """Commit, abort or leave the file temporary `name` in directory `dfd`; never raises OSError.
-
-    With an acting orphan policy (cleanup) a temporary that is not an orphan is skipped untouched, and
-    with ``delete_only`` a complete one is deleted instead of committed.
-    """
-    transfer = settings.backend.status(tn.handle)
-    policy = settings.orphans
-    seen = _Seen()
+def settle_file(
+    dfd: int, name: bytes, path: bytes, exp: Expected, settings: Settings, source: Source = NAME_SOURCE
+) -> Record:
+    """Commit, abort or leave the file temporary `name` in directory `dfd`, expected to become `exp` (from
+    our name or an AXL state-file entry, `source`); never raises OSError. The policy decides what a
+    verdict leads to (a temporary that is not an orphan is skipped by cleanup, and so on)."""
+    transfer = settings.backend.status(exp.handle)
+    policy = settings.policy
+    seen = Seen()
+    kind = source.kind
 
     # The walk passes `path` as dir/name: slicing is cheaper than dirname and join, once per temporary.
     if path.endswith(name):
-        final = path[: len(path) - len(name)] + tn.final
+        final = path[: len(path) - len(name)] + exp.final
     else:
-        final = os.path.join(os.path.dirname(path), tn.final)
+        final = os.path.join(os.path.dirname(path), exp.final)
 
     def record(outcome: Outcome, reason: str, *, in_progress: bool = False) -> Record:
-        # Positional: one record per temporary, and keywords cost more to pass (issue 6).
         return Record(
-            path,
-            _FILE,
-            outcome,
-            reason,
-            final,
-            tn.mode,
-            tn.size,
-            tn.mtime_ns,
-            tn.handle,
-            transfer.detail,
-            in_progress,
-            None if policy is None else policy.annotate(_FILE, outcome, seen.age_ns, seen.waiting),
+            path=path,
+            kind=kind,
+            outcome=outcome,
+            reason=reason,
+            final=final,
+            mode=exp.mode,
+            size=exp.size,
+            mtime_ns=exp.mtime_ns,
+            handle=exp.handle,
+            transfer=transfer.detail,
+            in_progress=in_progress,
+            extra=policy.annotate(kind, outcome, seen),
         )
 
     if transfer.state is TransferState.IN_PROGRESS:
-        if policy is not None:
-            seen.age_ns, seen.waiting = _age_by_name(dfd, name, policy), IN_TRANSFER
-            if policy.act:
-                return record(Outcome.SKIPPED, policy.why_not(seen.waiting, seen.age_ns))
-        return record(Outcome.LEFT, "transfer still in progress", in_progress=True)
-    opened = _open_and_check(dfd, name, settings, seen, record, skip_waiting=policy is not None and policy.act)
+        if policy.measures_age:
+            seen.age_ns = _age_by_name(dfd, name, policy)
+        outcome, reason, in_progress = policy.in_transfer(seen)
+        return record(outcome, reason, in_progress=in_progress)
+    opened = _open_and_check(dfd, name, settings, seen, record, exp, source)
     if isinstance(opened, Record):
         return opened
     fd, st, extras = opened.fd, opened.st, opened.extras
     try:
-        action, why = decide(transfer, expected_size=tn.size, actual_size=st.st_size)
-        if action is Action.COMMIT and policy is not None and policy.act and policy.delete_only:
-            action, why = Action.ABORT, "complete, but deleted without commit (--delete-only)"
+        ruled = source.preverdict(exp)
+        action, why = ruled or decide(transfer, expected_size=exp.size, actual_size=st.st_size)
+        action, why = policy.verdict(action, why)
         if action is Action.ABORT:
-            if not settings.dry_run and not _unlink_same(dfd, name, st, unchanged=policy is not None):
+            if not settings.dry_run and not _unlink_same(dfd, name, st, unchanged=policy.guard_unchanged):
                 seen.waiting = BEING_WRITTEN
                 return record(Outcome.SKIPPED, "not an orphan: written to while being judged")
             return record(Outcome.ABORTED, why)
-        return _commit(dfd, fd, opened.via_path, name, tn, st, extras.atime_ns, extras.gid, settings, record, why)
+        return _commit(dfd, fd, opened.via_path, name, exp, st, extras, settings, record, why)
     except FileNotFoundError:
         # Only the temporary's own name can be missing here: another process committed or aborted it.
         return record(Outcome.SKIPPED, _VANISHED)
@@ -128,10 +130,9 @@ def _commit(
     fd: int,
     via_path: bool,
     name: bytes,
-    tn: TempName,
+    exp: Expected,
     st: os.stat_result,
-    atime_ns: int | None,
-    gid: int | None,
+    extras: Extras,
     settings: Settings,
     record: _RecordFn,
     why: str,
@@ -139,20 +140,24 @@ def _commit(
     as_root = settings.euid == 0
     target = f"/proc/self/fd/{fd}" if via_path else fd
     new_gid = st.st_gid
+    gid = extras.gid
     if as_root and gid is not None and gid != st.st_gid:
         new_gid = gid
-    mode = ownership.safe_mode(tn.mode, st.st_uid, new_gid, as_root=as_root)
+    mode = ownership.safe_mode(exp.mode, st.st_uid, new_gid, as_root=as_root)
     reason = why
-    if mode != tn.mode:
-        dropped = f"set-uid/set-gid dropped (mode {mode:04o}, not {tn.mode:04o}): root never grants them from a name"
+    if mode != exp.mode:
+        dropped = (
+            f"set-uid/set-gid dropped (mode {mode:04o}, not {exp.mode:04o}): root never grants them from a name "
+            "or a record alone"
+        )
         reason = f"{why}; {dropped}" if why else dropped
     # The final name is looked at only when its owner matters (root committing a user's file) or a dry
     # run must predict the rename: otherwise renameat itself refuses a directory (EISDIR), and the
-    # fstatat was one call in seven per temporary (issue 6).
+    # fstatat was one call in seven per temporary (docs/performance.md).
     final_st: os.stat_result | None = None
     if settings.dry_run or (as_root and st.st_uid != 0):
         with contextlib.suppress(FileNotFoundError):
-            final_st = os.stat(tn.final, dir_fd=dfd, follow_symlinks=False)
+            final_st = os.stat(exp.final, dir_fd=dfd, follow_symlinks=False)
     if final_st is not None and stat.S_ISDIR(final_st.st_mode):
         return record(Outcome.LEFT, "the final name is a directory")
     if as_root and final_st is not None and st.st_uid not in (0, final_st.st_uid):
@@ -167,11 +172,12 @@ def _commit(
         os.chmod(target, mode)
     else:
         os.fchmod(fd, mode)
-    os.utime(target, ns=(st.st_atime_ns if atime_ns is None else atime_ns, tn.mtime_ns))
+    atime_ns = st.st_atime_ns if extras.atime_ns is None else extras.atime_ns
+    os.utime(target, ns=(atime_ns, st.st_mtime_ns if exp.mtime_ns is None else exp.mtime_ns))
     if settings.fsync and not via_path:
         os.fsync(fd)
     try:
-        os.rename(name, tn.final, src_dir_fd=dfd, dst_dir_fd=dfd)
+        os.rename(name, exp.final, src_dir_fd=dfd, dst_dir_fd=dfd)
     except FileNotFoundError:
         return record(Outcome.SKIPPED, "vanished before the rename: done by another process")
     except IsADirectoryError:
@@ -188,20 +194,23 @@ def settle_dir_marker(
     leaves the directory's own mtime alone, and a crash in between is repaired by a rerun.
     """
     final = os.path.join(os.path.dirname(path), dm.final)
-    policy = settings.orphans
-    age_ns: int | None = None
-    waiting: str | None = None
+    policy = settings.policy
+    seen = Seen()
 
     def record(outcome: Outcome, reason: str) -> Record:
-        extra = None if policy is None else policy.annotate(Kind.DIR, outcome, age_ns, waiting)
-        return Record(path, Kind.DIR, outcome, reason, final=final, mode=dm.mode, mtime_ns=dm.mtime_ns, extra=extra)
+        return Record(
+            path=path,
+            kind=Kind.DIR,
+            outcome=outcome,
+            reason=reason,
+            final=final,
+            mode=dm.mode,
+            mtime_ns=dm.mtime_ns,
+            extra=policy.annotate(Kind.DIR, outcome, seen),
+        )
 
     if pending_below:
-        if policy is not None and policy.act:
-            # Cleanup: what is below is not an orphan yet (or was reported left); the marker waits with it.
-            waiting = CONTENTS_PENDING
-            return record(Outcome.SKIPPED, policy.why_not(waiting, None))
-        return record(Outcome.LEFT, "the directory still holds unfinished temporaries")
+        return record(*policy.marker_waits(seen))
     try:
         mfd = os.open(name, _PATH_FLAGS, dir_fd=dfd)
     except FileNotFoundError:
@@ -218,11 +227,8 @@ def settle_dir_marker(
         return record(Outcome.SKIPPED, _VANISHED)
     if problem := _file_problem(mst):
         return record(Outcome.LEFT, f"marker {problem}")
-    if policy is not None:
-        age_ns = policy.age_ns(mst)
-        waiting = policy.waiting(in_transfer=False, age_ns=age_ns)
-        if waiting and policy.act:
-            return record(Outcome.SKIPPED, policy.why_not(waiting, age_ns))
+    if held := policy.hold(seen, mst):
+        return record(Outcome.SKIPPED, held)
     try:
         fd = os.open(dm.final, _DIR_FLAGS, dir_fd=dfd)
     except FileNotFoundError:
@@ -265,37 +271,45 @@ LEGACY_SKIPPED = "legacy AXL temporary: no mode or size to verify; never committ
 def settle_legacy(
     dfd: int, name: bytes, path: bytes, ln: LegacyName, settings: Settings, *, refused: str | None = None
 ) -> Record:
-    """A legacy AXL temporary (``<final>._AXL[handle]``): never committed, since nothing verifies it.
-
-    Finalize (no orphan policy) skips it without opening it. Cleanup deletes it once it is an orphan,
-    after the same refusals as a temporary of ours (`refused`: why its listed type already rules it
-    out). Status reports finalize's skip, annotated with what cleanup would do.
-    """
+    """A legacy AXL temporary (``<final>._AXL[handle]``) that no state file names: never committed, since
+    nothing verifies it; what else is done with it is the policy's `unclaimed_legacy` (`refused`: why its
+    listed type already rules it out)."""
     final = os.path.join(os.path.dirname(path), ln.final)
-    policy = settings.orphans
-    transfer = None if policy is None else settings.backend.status(ln.handle)
-    seen = _Seen()
+    policy = settings.policy
+    treatment = policy.unclaimed_legacy()
+    transfer = None if treatment is Legacy.SKIP else settings.backend.status(ln.handle)
+    seen = Seen()
 
     def record(outcome: Outcome, reason: str, *, in_progress: bool = False) -> Record:
-        extra = None if policy is None else policy.annotate(Kind.LEGACY, outcome, seen.age_ns, seen.waiting)
-        if policy is None or not policy.act:
+        extra = None if treatment is Legacy.SKIP else policy.annotate(Kind.LEGACY, outcome, seen)
+        if treatment is not Legacy.DELETE:
             outcome, reason = Outcome.SKIPPED, LEGACY_SKIPPED
-        detail = None if transfer is None else transfer.detail
-        return Record(path, Kind.LEGACY, outcome, reason, final=final, handle=ln.handle, transfer=detail, extra=extra)
+        return Record(
+            path=path,
+            kind=Kind.LEGACY,
+            outcome=outcome,
+            reason=reason,
+            final=final,
+            handle=ln.handle,
+            transfer=None if transfer is None else transfer.detail,
+            extra=extra,
+        )
 
-    if policy is None:
+    if treatment is Legacy.SKIP:
         return record(Outcome.SKIPPED, LEGACY_SKIPPED)
     if refused:
         return record(Outcome.LEFT, f"{refused}: refused")
     if transfer is not None and transfer.state is TransferState.IN_PROGRESS:
-        seen.age_ns, seen.waiting = _age_by_name(dfd, name, policy), IN_TRANSFER
-        return record(Outcome.SKIPPED, policy.why_not(seen.waiting, seen.age_ns))
-    opened = _open_and_check(dfd, name, settings, seen, record, skip_waiting=True)
+        if policy.measures_age:
+            seen.age_ns = _age_by_name(dfd, name, policy)
+        outcome, reason, _ = policy.in_transfer(seen)
+        return record(outcome, reason)
+    opened = _open_and_check(dfd, name, settings, seen, record, None, NAME_SOURCE)
     if isinstance(opened, Record):
         return opened
     fd, st = opened.fd, opened.st
     try:
-        if policy.act and not settings.dry_run and not _unlink_same(dfd, name, st, unchanged=True):
+        if not settings.dry_run and not _unlink_same(dfd, name, st, unchanged=True):
             seen.waiting = BEING_WRITTEN
             return record(Outcome.SKIPPED, "not an orphan: written to while being judged")
         return record(Outcome.ABORTED, "orphaned legacy AXL temporary: deleted (no mode or size to verify a commit)")
@@ -308,22 +322,12 @@ def settle_legacy(
         os.close(fd)
 
 
-def _age_by_name(dfd: int, name: bytes, policy: OrphanPolicy) -> int | None:
+def _age_by_name(dfd: int, name: bytes, policy: Policy) -> int | None:
     # Only for the report: a temporary whose transfer runs is not opened, but its age is still shown.
     try:
         return policy.age_ns(os.stat(name, dir_fd=dfd, follow_symlinks=False))
     except OSError:
         return None
-
-
-class _Seen:
-    """What the orphan policy saw of a temporary, for its record's annotations."""
-
-    __slots__ = ("age_ns", "waiting")
-
-    def __init__(self) -> None:
-        self.age_ns: int | None = None
-        self.waiting: str | None = None
 
 
 @dataclass(slots=True)
@@ -335,39 +339,41 @@ class _Opened:
 
 
 def _open_and_check(
-    dfd: int, name: bytes, settings: Settings, seen: _Seen, record: _RecordFn, *, skip_waiting: bool
+    dfd: int,
+    name: bytes,
+    settings: Settings,
+    seen: Seen,
+    record: _RecordFn,
+    exp: Expected | None,
+    source: Source,
 ) -> _Opened | Record:
     """Open a temporary (or a legacy one) and make the checks every kind shares: gone, not a regular
-    file or hard-linked, not an orphan yet (cleanup), refused owner. A `Record` when it stops there (the
-    descriptor closed), else the open descriptor, for the caller to act on and close."""
+    file or hard-linked, held by the policy (not an orphan yet), refused owner. A `Record` when it stops
+    there (the descriptor closed), else the open descriptor, for the caller to act on and close."""
     try:
         fd, via_path = _open_temporary(dfd, name)
     except OSError as exc:
         return _open_failure(exc, record)
     try:
         st = os.fstat(fd)
-        policy = settings.orphans
         if st.st_nlink == 0:  # unlinked by another finalizer (or cleanup) since we opened it
             done = record(Outcome.SKIPPED, _VANISHED)
         elif problem := _file_problem(st):
             done = record(Outcome.LEFT, problem)
+        elif held := settings.policy.hold(seen, st):
+            # Judged on this descriptor's fstat, the inode about to be acted on, not on a listing.
+            done = record(Outcome.SKIPPED, held)
         else:
-            if policy is not None:
-                # Judged on this descriptor's fstat, the inode about to be acted on, not on a listing.
-                seen.age_ns = policy.age_ns(st)
-                seen.waiting = policy.waiting(in_transfer=False, age_ns=seen.age_ns)
-            if policy is not None and seen.waiting and skip_waiting:
-                done = record(Outcome.SKIPPED, policy.why_not(seen.waiting, seen.age_ns))
+            # Ownership first for a non-root user: another user's unreadable temporary is held by an
+            # O_PATH descriptor, whose xattrs cannot be read (EBADF), and the true reason is that it is
+            # not ours. Our own, unreadable since its final mode was applied before a crash, is judged
+            # like one on a file system without xattrs.
+            readable = not via_path and settings.euid in {0, st.st_uid}
+            extras = Extras() if exp is None else source.extras(exp, fd, st, readable=readable)
+            if refusal := ownership.refusal(st, extras.uid, extras.gid, settings.euid):
+                done = record(Outcome.LEFT, refusal)
             else:
-                # Ownership first for a non-root user: another user's unreadable temporary is held by an
-                # O_PATH descriptor, whose xattrs cannot be read (EBADF), and the true reason is that it
-                # is not ours. Our own, unreadable since its final mode was applied before a crash, is
-                # judged like one on a file system without xattrs.
-                extras = Extras() if via_path or settings.euid not in {0, st.st_uid} else read_extras(fd)
-                if refusal := ownership.refusal(st, extras.uid, extras.gid, settings.euid):
-                    done = record(Outcome.LEFT, refusal)
-                else:
-                    return _Opened(fd, via_path, st, extras)
+                return _Opened(fd, via_path, st, extras)
     except FileNotFoundError:
         done = record(Outcome.SKIPPED, _VANISHED)
     except OSError as exc:

@@ -11,7 +11,7 @@ from .backends.base import Backend
 from .backends.none import NoneBackend
 from .engine import Settings, settle_dir_marker, settle_file, settle_legacy
 from .nameformat import MARKER, DirMarker, LegacyName, TempName, Unrecognised, parse
-from .orphan import OrphanPolicy, holds_directory
+from .policy import FINALIZE, Policy
 from .report import Kind, Outcome, Record, Sink
 from .walk import AnyPath, Listing, open_roots, refuse_type, walk
 
@@ -60,8 +60,8 @@ class FinalizeOptions:
     jobs: int | None = 1  # None: default_jobs() for the roots
     one_file_system: bool = False
     wait_timeout: float = DEFAULT_WAIT_TIMEOUT
-    # Set by cleanup and status (issue 4), not a finalize flag: cleanup's policy, or status's annotations.
-    orphans: OrphanPolicy | None = None
+    # Set by cleanup and status, not a finalize flag: what is done with each verdict (policy.py).
+    policy: Policy = FINALIZE
 
 
 def finalize(
@@ -81,9 +81,9 @@ def finalize(
     opened = open_roots(roots)
     try:
         if backend.uses_handles:
-            handles = collect_handles(opened, legacy=opts.orphans is not None)
+            handles = collect_handles(opened, legacy=opts.policy.legacy_handles)
             backend.wait(handles, opts.wait_timeout, progress or (lambda _m: None))
-        settings = Settings(backend, dry_run=opts.dry_run, fsync=opts.fsync, orphans=opts.orphans)
+        settings = Settings(backend, dry_run=opts.dry_run, fsync=opts.fsync, policy=opts.policy)
         visitor = FinalizeVisitor(settings, sink)
         jobs = opts.jobs if opts.jobs is not None else default_jobs([fd for _, fd in opened])
         walk(_dup_roots(opened), visitor, jobs=jobs, one_file_system=opts.one_file_system)
@@ -131,8 +131,8 @@ class FinalizeVisitor:
         clashes = listing.clashes  # over the whole directory, also when it comes in chunks
         prefix = os.path.join(listing.path, b"")  # then one concatenation per entry, not a posixpath.join
         # Looked up once per directory, not once per temporary (issue 6).
-        settings, sink, orphans, dfd = self.settings, self.sink, self.settings.orphans, listing.fd
-        left, done = Outcome.LEFT, Outcome.COMMITTED
+        settings, sink, dfd = self.settings, self.sink, listing.fd
+        holds, done = self.settings.policy.holds_directory, Outcome.COMMITTED
         for entry in listing.entries:
             parsed = entry.parsed
             if isinstance(parsed, DirMarker):
@@ -141,21 +141,29 @@ class FinalizeVisitor:
             if isinstance(parsed, TempName):
                 if why := refuse_type(entry):
                     final = os.path.join(listing.path, parsed.final)
-                    record = Record(path, Kind.FILE, Outcome.LEFT, f"{why}: refused", final=final, mode=parsed.mode)
+                    record = Record(
+                        path=path,
+                        kind=Kind.FILE,
+                        outcome=Outcome.LEFT,
+                        reason=f"{why}: refused",
+                        final=final,
+                        mode=parsed.mode,
+                    )
                 elif parsed.final in clashes:
                     n = clashes[parsed.final]
                     final = os.path.join(listing.path, parsed.final)
-                    record = Record(path, Kind.FILE, Outcome.LEFT, f"{n} temporaries for one final name", final=final)
+                    reason = f"{n} temporaries for one final name"
+                    record = Record(path=path, kind=Kind.FILE, outcome=Outcome.LEFT, reason=reason, final=final)
                 else:
                     record = settle_file(dfd, entry.name, path, parsed, settings)
             elif isinstance(parsed, LegacyName):
                 record = settle_legacy(dfd, entry.name, path, parsed, settings, refused=refuse_type(entry))
             elif isinstance(parsed, Unrecognised):
-                record = Record(path, Kind.UNRECOGNISED, Outcome.SKIPPED, f"unrecognised name: {parsed.reason}")
-            outcome = record.outcome
-            if outcome is left or (orphans is not None and holds_directory(record, orphans)):
+                reason = f"unrecognised name: {parsed.reason}"
+                record = Record(path=path, kind=Kind.UNRECOGNISED, outcome=Outcome.SKIPPED, reason=reason)
+            if holds(record):
                 pending = True
-            committed |= outcome is done
+            committed |= record.outcome is done
             sink(record)
         if committed and self.settings.fsync and not self.settings.dry_run:
             # One directory fsync after all its renames (Syncthing batches them too): each file was
@@ -166,7 +174,7 @@ class FinalizeVisitor:
                 # The renames are done but perhaps not durable: report it (exit 4) and keep the markers
                 # above waiting, rather than stop the walk with every other temporary unreported.
                 reason = f"directory fsync failed: {exc.strerror or exc}"
-                self.sink(Record(listing.path, Kind.DIR, Outcome.LEFT, reason))
+                self.sink(Record(path=listing.path, kind=Kind.DIR, outcome=Outcome.LEFT, reason=reason))
                 pending = True
         return pending
 
@@ -178,18 +186,20 @@ class FinalizeVisitor:
             path = os.path.join(listing.path, entry.name)
             if why := refuse_type(entry):
                 final = os.path.join(listing.path, entry.parsed.final)
-                record = Record(path, Kind.DIR, Outcome.LEFT, f"marker {why}: refused", final=final)
+                reason = f"marker {why}: refused"
+                record = Record(path=path, kind=Kind.DIR, outcome=Outcome.LEFT, reason=reason, final=final)
             else:
                 below = pending_children.get(entry.parsed.final, False)
                 record = settle_dir_marker(
                     listing.fd, entry.name, path, entry.parsed, self.settings, pending_below=below
                 )
-            pending |= holds_directory(record, self.settings.orphans)
+            pending |= self.settings.policy.holds_directory(record)
             self.sink(record)
         return pending
 
     def error(self, path: bytes, exc: OSError) -> None:
-        self.sink(Record(path, Kind.DIR, Outcome.LEFT, f"directory cannot be read: {exc.strerror or exc}"))
+        reason = f"directory cannot be read: {exc.strerror or exc}"
+        self.sink(Record(path=path, kind=Kind.DIR, outcome=Outcome.LEFT, reason=reason))
 
     def root_done(self, listing: Listing, pending: bool) -> None:
         """Apply the marker of a root that pre-stage created (``prestage -r src dst`` makes dst).

@@ -3,13 +3,47 @@ its age and what cleanup would do to it now (issue 4)."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from typing import Any, ClassVar
 
 from .backends.base import Backend
 from .finalize import FinalizeOptions, finalize
-from .orphan import DEFAULT_OLDER_THAN, OrphanPolicy, cleanup_view
-from .report import Record, Sink
+from .orphan import DEFAULT_OLDER_THAN, IN_TRANSFER, OrphanPolicy, cleanup_view
+from .policy import Legacy, Policy, Seen
+from .report import Kind, Outcome, Record, Sink
 from .walk import AnyPath
+
+
+class StatusPolicy(Policy):
+    """Status's policy: finalize's verdicts, nothing changed, each record annotated with the temporary's
+    age and what cleanup (`orphans`) would do to it now."""
+
+    command: ClassVar[str] = "status"
+    acts: ClassVar[bool] = False
+    legacy_handles: ClassVar[bool] = True
+    measures_age: ClassVar[bool] = True
+
+    def __init__(self, orphans: OrphanPolicy) -> None:
+        self.orphans = orphans
+
+    def in_transfer(self, seen: Seen) -> tuple[Outcome, str, bool]:
+        seen.waiting = IN_TRANSFER
+        return Outcome.LEFT, "transfer still in progress", True
+
+    def age_ns(self, st: os.stat_result) -> int | None:
+        return self.orphans.age_ns(st)
+
+    def hold(self, seen: Seen, st: os.stat_result) -> str | None:
+        seen.age_ns = self.orphans.age_ns(st)
+        seen.waiting = self.orphans.waiting(in_transfer=False, age_ns=seen.age_ns)
+        return None
+
+    def unclaimed_legacy(self) -> Legacy:
+        return Legacy.JUDGE
+
+    def annotate(self, kind: Kind, outcome: Outcome, seen: Seen) -> dict[str, Any] | None:
+        return self.orphans.annotate(kind, outcome, seen.age_ns, seen.waiting)
 
 
 def status(
@@ -31,5 +65,5 @@ def status(
         sink(cleanup_view(record, status=True))
 
     policy = OrphanPolicy(older_than=older_than, now=now, act=False)
-    options = FinalizeOptions(backend=backend, dry_run=True, jobs=jobs, wait_timeout=0.0, orphans=policy)
+    options = FinalizeOptions(backend=backend, dry_run=True, jobs=jobs, wait_timeout=0.0, policy=StatusPolicy(policy))
     finalize(roots, annotated, options)

@@ -47,7 +47,7 @@ DAY = 86400.0
 MTIME_NS = 1_500_000_000_123_456_789
 LATER = time.time() + 2 * DAY  # a reference time from which everything made now is two days old
 
-engine_mod = importlib.import_module("axlstateless.engine")
+source_mod = importlib.import_module("axlstateless.source")
 
 
 def temporary(directory: Path, final: str, data: bytes, *, size: int | None = None, mode: int = 0o640) -> Path:
@@ -315,14 +315,14 @@ def test_young_marker_waits(tmp_path: Path) -> None:
 def test_written_to_while_being_judged_is_not_deleted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The age is judged on the descriptor's fstat; a write between that and the unlink calls it off."""
     path = temporary(tmp_path, "f", b"part", size=100)
-    original = engine_mod.read_extras
+    original = source_mod.read_extras
 
     def write_then_read(fd: int) -> Any:
         with path.open("ab") as f:
             f.write(b"more")
         return original(fd)
 
-    monkeypatch.setattr(engine_mod, "read_extras", write_then_read)
+    monkeypatch.setattr(source_mod, "read_extras", write_then_read)
     records, code = run(tmp_path)
     assert (records[0].outcome, code) == (Outcome.SKIPPED, 0)
     assert "written to while being judged" in records[0].reason
