@@ -9,14 +9,17 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from .axlstate import AxlFile, AxlTransfer, find_state_files, read_state_file, split_axl_name
 from .backends import BACKENDS, Backend, NoneBackend, TransferState, TransferStatus, create_backend
 from .cleanup import CleanupOptions, cleanup
 from .errors import (
     AxlError,
     BackendError,
+    KVTreeError,
     NameFormatError,
     PrestageError,
     SourceError,
+    StateFileError,
     UsageError,
     WaitTimeout,
     WalkError,
@@ -31,11 +34,14 @@ from .status import status
 __all__ = [
     "BACKENDS",
     "AxlError",
+    "AxlFile",
+    "AxlTransfer",
     "Backend",
     "BackendError",
     "CleanupOptions",
     "DirMarker",
     "FinalizeOptions",
+    "KVTreeError",
     "Kind",
     "LegacyName",
     "NameFormatError",
@@ -48,6 +54,7 @@ __all__ = [
     "SourceError",
     "StagePair",
     "StagedFile",
+    "StateFileError",
     "Summary",
     "TempName",
     "TransferState",
@@ -61,9 +68,12 @@ __all__ = [
     "create_backend",
     "expand_sources",
     "finalize",
+    "find_state_files",
     "parse",
     "parse_duration",
     "prestage",
     "read_pair_list",
+    "read_state_file",
+    "split_axl_name",
     "status",
 ]

@@ -6,6 +6,8 @@
     │   └── SourceError(OSError)  a pre-stage source that is missing, unreadable or not a regular file
     ├── PrestageError(OSError)    4: pre-stage could not create a destination temporary or directory
     ├── WalkError(OSError)        4: a root could not be opened or walked
+    ├── StateFileError            4: an AXL state file that cannot be read whole (left as it is)
+    ├── KVTreeError(ValueError)   4: bytes that are not one whole, well-formed kvtree file
     └── BackendError              4: the transfer-status backend failed (bbcmd missing, bad reply)
         └── WaitTimeout(TimeoutError)  3: gave up waiting on the burst buffer
 
@@ -56,6 +58,22 @@ class PrestageError(AxlError, OSError):
 
 class WalkError(AxlError, OSError):
     """A root given to finalize, cleanup or status could not be opened or read."""
+
+
+class StateFileError(AxlError):
+    """An AXL state file that cannot be read whole: unreadable, truncated, corrupt, or not AXL's.
+
+    Nothing it names is committed or deleted on a guess; the rest of the run goes on."""
+
+
+class KVTreeError(AxlError, ValueError):
+    """Bytes that are not one whole, well-formed KVTree file (``axlstateless.kvtree.loads``).
+
+    Carries no path (the decoder sees bytes only); the state-file reader re-raises it as a
+    `StateFileError` naming the file."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(None, reason)
 
 
 class BackendError(AxlError):
