@@ -148,24 +148,39 @@ def split_axl_name(path: bytes) -> tuple[bytes, bytes] | None:
     return path[:i], path[i + len(AXL_EXTENSION) :]
 
 
-def _one(tree: kvtree.KVTree, key: bytes, where: str) -> bytes | None:
-    child = tree.get(key)
-    if child is None:
-        return None
-    if len(child) != 1:
-        raise KVTreeError(f"{where}{key.decode()} holds {len(child)} values, not one")
-    value, grandchild = next(iter(child.items()))
-    if grandchild:
-        raise KVTreeError(f"{where}{key.decode()} value {value!r} has keys below it")
-    return value
+_FILE_KEYS: Final = frozenset(
+    {b"DEST", b"STATUS", b"MODE", b"UID", b"GID", b"SIZE", b"ATIME_SECS", b"ATIME_NSECS", b"MTIME_SECS", b"MTIME_NSECS"}
+)
+_TOP_KEYS: Final = frozenset({b"NAME", b"TYPE", b"STATE", b"STATUS", b"USE_EXTENSION", b"BB_TransferHandle"})
 
 
-def _ulong(tree: kvtree.KVTree, key: bytes, where: str) -> int | None:
-    text = _one(tree, key, where)
+def _where(source: bytes | None) -> str:
+    return "" if source is None else f"FILE {source!r}: "
+
+
+def _values(tree: kvtree.KVTree, keys: frozenset[bytes], source: bytes | None) -> dict[bytes, bytes]:
+    """The value of each key of `keys` that `tree` holds, in one pass (one file entry's dozen keys
+    are looked at for every entry of every state file)."""
+    values: dict[bytes, bytes] = {}
+    for key, child in tree.items():
+        if key in keys:
+            if len(child) != 1:
+                raise KVTreeError(f"{_where(source)}{key.decode()} holds {len(child)} values, not one")
+            ((value, grandchild),) = child.items()
+            if grandchild:
+                raise KVTreeError(f"{_where(source)}{key.decode()} value {value!r} has keys below it")
+            values[key] = value
+    return values
+
+
+def _ulong(values: dict[bytes, bytes], key: bytes, source: bytes | None) -> int | None:
+    text = values.get(key)
     if text is None:
         return None
+    if text.isdigit() and (text[0] != 0x30 or len(text) == 1) and len(text) < 20:
+        return int(text)  # the plain decimal AXL writes (%lu), below 2**64 by its length alone
     if _ULONG_RE.fullmatch(text) is None:
-        raise KVTreeError(f"{where}{key.decode()} is {text!r}, not an unsigned number")
+        raise KVTreeError(f"{_where(source)}{key.decode()} is {text!r}, not an unsigned number")
     if text[:2] in (b"0x", b"0X"):
         value = int(text[2:], 16)
     elif text[:1] == b"0":
@@ -173,43 +188,43 @@ def _ulong(tree: kvtree.KVTree, key: bytes, where: str) -> int | None:
     else:
         value = int(text)
     if value > _ULONG_MAX:
-        raise KVTreeError(f"{where}{key.decode()} is {text!r}, out of range")
+        raise KVTreeError(f"{_where(source)}{key.decode()} is {text!r}, out of range")
     return value
 
 
-def _int(tree: kvtree.KVTree, key: bytes, where: str) -> int | None:
-    text = _one(tree, key, where)
+def _int(values: dict[bytes, bytes], key: bytes, source: bytes | None) -> int | None:
+    text = values.get(key)
     if text is None:
         return None
     if _INT_RE.fullmatch(text) is None:
-        raise KVTreeError(f"{where}{key.decode()} is {text!r}, not an integer")
+        raise KVTreeError(f"{_where(source)}{key.decode()} is {text!r}, not an integer")
     value = int(text)
     if not _INT_MIN <= value <= _INT_MAX:
-        raise KVTreeError(f"{where}{key.decode()} is {text!r}, out of range")
+        raise KVTreeError(f"{_where(source)}{key.decode()} is {text!r}, out of range")
     return value
 
 
-def _time(entry: kvtree.KVTree, prefix: str, where: str) -> tuple[int, int] | None:
-    secs = _ulong(entry, f"{prefix}_SECS".encode(), where)
-    nsecs = _ulong(entry, f"{prefix}_NSECS".encode(), where)
+def _time(values: dict[bytes, bytes], secs_key: bytes, nsecs_key: bytes, source: bytes) -> tuple[int, int] | None:
+    secs = _ulong(values, secs_key, source)
+    nsecs = _ulong(values, nsecs_key, source)
     if secs is None and nsecs is None:
         return None
     if secs is None or nsecs is None:
-        raise KVTreeError(f"{where}{prefix}_SECS and {prefix}_NSECS are not both recorded")
+        raise KVTreeError(f"{_where(source)}{secs_key.decode()} and {nsecs_key.decode()} are not both recorded")
     if nsecs >= _NSEC:
-        raise KVTreeError(f"{where}{prefix}_NSECS is {nsecs}, not below one second")
+        raise KVTreeError(f"{_where(source)}{nsecs_key.decode()} is {nsecs}, not below one second")
     return secs, nsecs
 
 
 def _file(source: bytes, entry: kvtree.KVTree) -> AxlFile:
-    where = f"FILE {source!r}: "
-    dest = _one(entry, b"DEST", where)
+    values = _values(entry, _FILE_KEYS, source)
+    dest = values.get(b"DEST")
     if dest is None:
-        raise KVTreeError(f"{where}no DEST")
+        raise KVTreeError(f"{_where(source)}no DEST")
     if not dest:
-        raise KVTreeError(f"{where}DEST is empty")
-    atime = _time(entry, "ATIME", where)
-    mtime = _time(entry, "MTIME", where)
+        raise KVTreeError(f"{_where(source)}DEST is empty")
+    atime = _time(values, b"ATIME_SECS", b"ATIME_NSECS", source)
+    mtime = _time(values, b"MTIME_SECS", b"MTIME_NSECS", source)
     atime_ns = mtime_ns = None
     # axl_meta_apply reads a missing time value as 0 and sets no times at all when all four are 0.
     if (atime or (0, 0)) != (0, 0) or (mtime or (0, 0)) != (0, 0):
@@ -218,11 +233,11 @@ def _file(source: bytes, entry: kvtree.KVTree) -> AxlFile:
     return AxlFile(
         source=source,
         dest=dest,
-        status=_int(entry, b"STATUS", where),
-        mode=_ulong(entry, b"MODE", where),
-        uid=_ulong(entry, b"UID", where),
-        gid=_ulong(entry, b"GID", where),
-        size=_ulong(entry, b"SIZE", where),
+        status=_int(values, b"STATUS", source),
+        mode=_ulong(values, b"MODE", source),
+        uid=_ulong(values, b"UID", source),
+        gid=_ulong(values, b"GID", source),
+        size=_ulong(values, b"SIZE", source),
         atime_ns=atime_ns,
         mtime_ns=mtime_ns,
     )
@@ -237,16 +252,16 @@ def parse_state(path: bytes, data: bytes) -> AxlTransfer:
         tree = kvtree.loads(data)
         if b"TYPE" not in tree or b"STATE" not in tree:
             raise KVTreeError("a kvtree but not an AXL state file (no TYPE or STATE)")
-        use_extension = _int(tree, b"USE_EXTENSION", "")
+        top = _values(tree, _TOP_KEYS, None)
         files = tree.get(b"FILE", {})
         return AxlTransfer(
             path=path,
-            name=_one(tree, b"NAME", ""),
-            xfer_type=_int(tree, b"TYPE", ""),
-            state=_int(tree, b"STATE", ""),
-            status=_int(tree, b"STATUS", ""),
-            use_extension=bool(use_extension),
-            handle=_ulong(tree, b"BB_TransferHandle", ""),
+            name=top.get(b"NAME"),
+            xfer_type=_int(top, b"TYPE", None),
+            state=_int(top, b"STATE", None),
+            status=_int(top, b"STATUS", None),
+            use_extension=bool(_int(top, b"USE_EXTENSION", None)),
+            handle=_ulong(top, b"BB_TransferHandle", None),
             files=tuple(_file(source, entry) for source, entry in files.items()),
         )
     except KVTreeError as exc:
@@ -275,10 +290,15 @@ def read_state_file(path: AnyPath, *, dir_fd: int | None = None) -> AxlTransfer:
             raise StateFileError(bpath, f"{st.st_size} bytes, larger than {MAX_STATE_FILE_SIZE} (not read)")
         chunks: list[bytes] = []
         total = 0
+        # One byte more than fstat said, so that the usual whole read needs no second call to see the
+        # end; a file that changed meanwhile (AXL rewrites in place) is read on to its end, then
+        # judged by its content.
+        want = st.st_size + 1
         while True:
-            chunk = os.read(fd, max(st.st_size - total, 0) + 65536)
+            chunk = os.read(fd, want)
             if not chunk:
                 break
+            want = 65536
             chunks.append(chunk)
             total += len(chunk)
             if total > MAX_STATE_FILE_SIZE:

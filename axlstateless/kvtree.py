@@ -54,6 +54,8 @@ _U32: Final = struct.Struct(">I")
 _MAGIC_BYTES: Final = _HEAD.pack(MAGIC, TYPE_HASH, VERSION_HASH_1, 0, 0)[:8]
 #: The smallest element: a NUL (empty key) and an empty child hash (count 0).
 _MIN_ELEMENT: Final = 5
+_COUNT_0: Final = b"\0\0\0\0"
+_COUNT_1: Final = b"\0\0\0\x01"
 
 
 def is_kvtree(head: bytes) -> bool:
@@ -113,15 +115,32 @@ def _unpack(data: bytes, pos: int, end: int, depth: int) -> tuple[KVTree, int]:
     pos += 4
     if count * _MIN_ELEMENT > end - pos:
         raise KVTreeError(f"hash of {count} keys at offset {pos - 4} cannot fit in the {end - pos} bytes left")
+    # Most elements of a state file are "KEY value" pairs and their leaves: both are decoded here
+    # without a call per element (a third of the time of a state file), as long as the depth they
+    # reach is within the limit the general path enforces.
+    shallow = depth + 2 <= MAX_DEPTH
+    find = data.find
     tree: KVTree = {}
     for _ in range(count):
-        nul = data.find(b"\0", pos, end)
+        nul = find(b"\0", pos, end)
         if nul < 0:
             raise KVTreeError(f"key at offset {pos} has no terminating NUL before the end ({end})")
         key = data[pos:nul]
         if key in tree:
             raise KVTreeError(f"key {key!r} twice in one hash (offset {pos})")
-        tree[key], pos = _unpack(data, nul + 1, end, depth + 1)
+        pos = nul + 1
+        head = data[pos : pos + 4] if pos + 4 <= end else b""
+        if shallow and head == _COUNT_0:
+            tree[key] = {}
+            pos += 4
+            continue
+        if shallow and head == _COUNT_1:
+            vnul = find(b"\0", pos + 4, end)
+            if vnul >= 0 and vnul + 5 <= end and data[vnul + 1 : vnul + 5] == _COUNT_0:
+                tree[key] = {data[pos + 4 : vnul]: {}}
+                pos = vnul + 5
+                continue
+        tree[key], pos = _unpack(data, pos, end, depth + 1)
     return tree, pos
 
 

@@ -125,8 +125,12 @@ def test_depth_limit_is_the_same_both_ways() -> None:
     for _ in range(kvtree.MAX_DEPTH):
         deep = {b"k": deep}
     assert loads(dumps(deep)) == deep
+    assert dumps(deep) == seal(b"\0\0\0\x01k\0" * kvtree.MAX_DEPTH + b"\0\0\0\0")
     with pytest.raises(KVTreeError, match="deeper"):
         dumps({b"k": deep})
+    for extra in (1, 2):  # the last levels are a "KEY value" pair and a leaf, decoded on the fast path
+        with pytest.raises(KVTreeError, match="deeper"):
+            loads(seal(b"\0\0\0\x01k\0" * (kvtree.MAX_DEPTH + extra) + b"\0\0\0\0"))
     with pytest.raises(KVTreeError, match="NUL"):
         dumps({b"a\0b": {}})
 
