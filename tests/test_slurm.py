@@ -267,3 +267,38 @@ def test_hostile_temporary_is_refused(cluster: slurmkit.Cluster) -> None:
     )
     assert evil.is_symlink() and (root / "good").is_file() and not (root / "evil").exists()
     hurry(cluster, job["JobId"])
+
+
+@pytest.mark.skipif(LUA is None, reason="no lua interpreter (Debian: lua5.1)")
+def test_module_takes_the_uid_later_slurms_pass(cluster: slurmkit.Cluster, tmp_path: Path) -> None:
+    """Slurm 23.02+ pass data_out the job's uid and gid (22.05, above, does not): the module uses them
+    without asking scontrol, and refuses uid 0 before running anything."""
+    root = stage(cluster, "uid-argument", {"a": None})
+    script = tmp_path / "script"
+    script.write_text(f"#!/bin/sh\n#BB_LUA {finalize_directive(root)}\ntrue\n")
+    driver = tmp_path / "driver.lua"
+    driver.write_text(
+        "local M = dofile(arg[1])\n"
+        "M.settings.scontrol = '/bin/false'\n"
+        "local rc, msg = M.data_out(arg[2], arg[3], arg[4], arg[5], os.time())\n"
+        "print(rc) print(msg)\n"
+    )
+
+    def data_out(uid: int) -> list[str]:
+        proc = subprocess.run(
+            [str(LUA), str(driver), str(LUA_FILES[0]), "77", str(script), str(uid), str(uid)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+            env={**cluster.env, "AXL_STATELESS": str(cluster.command)},
+        )
+        return proc.stdout.splitlines()
+
+    before = sorted(p.name for p in root.iterdir())
+    assert data_out(0) == ["-1", "axl_finalize: the job runs as root, refused; nothing done"]
+    assert sorted(p.name for p in root.iterdir()) == before
+    rc, msg = data_out(NOBODY)
+    assert rc == "0" and msg.startswith("axl_finalize: finalize: "), msg
+    assert temporaries(root) == [] and (root / "a").is_file()
+    assert report_of(root, "77")[-1]["exit_code"] == 0
