@@ -104,6 +104,8 @@ class Cluster:
     base: Path
     command: Path = field(init=False)
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    #: Seconds spent building the job's virtual environment and starting the daemons (printed by the tests).
+    timings: dict[str, float] = field(default_factory=dict)
 
     @property
     def env(self) -> dict[str, str]:
@@ -113,7 +115,10 @@ class Cluster:
         b = self.base
         for d in ("etc", "munge", "state", "spool", "run", "log", "jobs", "data"):
             (b / d).mkdir(mode=0o755)
+        started = time.monotonic()
         self.command = build_venv(b)
+        self.timings["venv"] = time.monotonic() - started
+        started = time.monotonic()
         ctld_port, slurmd_port = free_ports(2)
         (b / "etc" / "slurm.conf").write_text(
             SLURM_CONF.format(b=b, ctld_port=ctld_port, slurmd_port=slurmd_port, cpus=max(2, os.cpu_count() or 2))
@@ -145,6 +150,7 @@ class Cluster:
         self.wait_for(lambda: b"UP" in self.run(["scontrol", "ping"]).stdout, "slurmctld")
         self.spawn("slurmd", ["slurmd", "-D", "-f", str(b / "etc" / "slurm.conf")])
         self.wait_for(lambda: self.run(["sinfo", "-h", "-o", "%T"]).stdout.strip() == b"idle", "slurmd")
+        self.timings["daemons"] = time.monotonic() - started
 
     def spawn(self, name: str, argv: list[str], **extra: str) -> None:
         with open(self.base / "log" / f"{name}.out", "wb") as out:

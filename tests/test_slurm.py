@@ -84,7 +84,10 @@ def cluster() -> Iterator[slurmkit.Cluster]:
         pytest.skip(WHY_NOT)
     started = time.monotonic()
     c = slurmkit.start_cluster()
-    print(f"cluster up in {time.monotonic() - started:.1f}s at {c.base}")
+    print(
+        f"cluster up in {time.monotonic() - started:.1f}s (venv {c.timings['venv']:.1f}s, daemons "
+        f"{c.timings['daemons']:.2f}s) at {c.base}"
+    )
     try:
         yield c
     finally:
