@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from .backends.base import Backend
 from .errors import UsageError
@@ -33,6 +33,9 @@ from .policy import Legacy, Policy, Seen
 from .report import Kind, Outcome, Record, Sink
 from .verdict import Action
 from .walk import AnyPath
+
+if TYPE_CHECKING:
+    from .mpi import Distributed
 
 
 class CleanupPolicy(Policy):
@@ -89,6 +92,7 @@ class CleanupOptions:
     delete_only: bool = False
     one_file_system: bool = True  # never cross into another file system below a root
     jobs: int | None = 1  # --jobs (None: by file system, as finalize)
+    mpi: Distributed | None = None  # --mpi: spread over the ranks of an MPI job (records reach rank 0's sink)
 
 
 def cleanup(
@@ -125,6 +129,7 @@ def cleanup(
             one_file_system=opts.one_file_system,
             wait_timeout=0.0,  # an orphan's transfer is over or forgotten; one look, no waiting
             policy=CleanupPolicy(policy),
+            mpi=opts.mpi,
         ),
         progress=progress,
     )

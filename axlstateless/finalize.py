@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import TYPE_CHECKING, Final, Protocol
 
 from .backends.base import Backend
 from .backends.none import NoneBackend
@@ -13,7 +13,10 @@ from .engine import Settings, settle_dir_marker, settle_file, settle_legacy
 from .nameformat import MARKER, DirMarker, LegacyName, TempName, Unrecognised, parse
 from .policy import FINALIZE, Policy
 from .report import Kind, Outcome, Record, Sink
-from .walk import AnyPath, Listing, open_roots, refuse_type, walk
+from .walk import AnyPath, Listing, Visitor, open_roots, refuse_type, walk
+
+if TYPE_CHECKING:
+    from .mpi import Distributed
 
 DEFAULT_WAIT_TIMEOUT = 540.0  # below LSF's 600 s stage-out limit, leaving time to commit
 
@@ -62,6 +65,16 @@ class FinalizeOptions:
     wait_timeout: float = DEFAULT_WAIT_TIMEOUT
     # Set by cleanup and status, not a finalize flag: what is done with each verdict (policy.py).
     policy: Policy = FINALIZE
+    #: The ranks of an MPI job to spread the work over (`mpi.connect()`), or None for this process alone.
+    mpi: Distributed | None = None
+
+
+class Walker(Protocol):
+    """`walk.walk`, or `mpi.Distributed.walk` to spread the same visits over the ranks of an MPI job."""
+
+    def __call__(
+        self, roots: list[tuple[bytes, int]], visitor: Visitor, *, jobs: int = 1, one_file_system: bool = False
+    ) -> None: ...
 
 
 def finalize(
@@ -78,15 +91,23 @@ def finalize(
     """
     opts = options or FinalizeOptions()
     backend = opts.backend or NoneBackend()
-    opened = open_roots(roots)
+    dist = opts.mpi
+    opened = open_roots(roots) if dist is None else dist.open_roots(roots)
     try:
-        if backend.uses_handles:
-            handles = collect_handles(opened, legacy=opts.policy.legacy_handles)
-            backend.wait(handles, opts.wait_timeout, progress or (lambda _m: None))
-        settings = Settings(backend, dry_run=opts.dry_run, fsync=opts.fsync, policy=opts.policy)
-        visitor = FinalizeVisitor(settings, sink)
         jobs = opts.jobs if opts.jobs is not None else default_jobs([fd for _, fd in opened])
-        walk(_dup_roots(opened), visitor, jobs=jobs, one_file_system=opts.one_file_system)
+        if backend.uses_handles:
+            wait_progress = progress or (lambda _m: None)
+            if dist is None:
+                handles = collect_handles(opened, legacy=opts.policy.legacy_handles)
+                backend.wait(handles, opts.wait_timeout, wait_progress)
+            else:  # one wait, on rank 0, for the handles every rank found
+                handles = collect_handles(opened, legacy=opts.policy.legacy_handles, walker=dist.walk, jobs=jobs)
+                backend = dist.wait_once(backend, handles, opts.wait_timeout, wait_progress)
+        settings = Settings(backend, dry_run=opts.dry_run, fsync=opts.fsync, policy=opts.policy)
+        visitor = FinalizeVisitor(settings, sink if dist is None else dist.sink(sink))
+        (walk if dist is None else dist.walk)(
+            _dup_roots(opened), visitor, jobs=jobs, one_file_system=opts.one_file_system
+        )
     finally:
         for _, fd in opened:
             os.close(fd)
@@ -96,9 +117,12 @@ def _dup_roots(opened: list[tuple[bytes, int]]) -> list[tuple[bytes, int]]:
     return [(path, os.dup(fd)) for path, fd in opened]
 
 
-def collect_handles(opened: list[tuple[bytes, int]], *, legacy: bool = False) -> set[int]:
+def collect_handles(
+    opened: list[tuple[bytes, int]], *, legacy: bool = False, walker: Walker = walk, jobs: int = 1
+) -> set[int]:
     """The transfer handles named by the temporaries below the roots (one read-only pass); with `legacy`,
-    those of legacy AXL temporaries too (cleanup must not delete one whose transfer still runs)."""
+    those of legacy AXL temporaries too (cleanup must not delete one whose transfer still runs). With an
+    MPI `walker`, each rank's share of them."""
     handles: set[int] = set()
     kinds = (TempName, LegacyName) if legacy else (TempName,)
 
@@ -115,7 +139,7 @@ def collect_handles(opened: list[tuple[bytes, int]], *, legacy: bool = False) ->
         def error(self, path: bytes, exc: OSError) -> None:
             pass
 
-    walk(_dup_roots(opened), _Collect())
+    walker(_dup_roots(opened), _Collect(), jobs=jobs)
     return handles
 
 

@@ -6,7 +6,9 @@ import click
 
 from axlstateless.backends import Backend
 from axlstateless.finalize import DEFAULT_WAIT_TIMEOUT, FinalizeOptions, finalize
+from axlstateless.mpi import Distributed
 
+from .mpi import mpi_option
 from .options import EXIT_CODES_HELP, backend_options, handles_errors, jobs_option, output_options, reporter
 
 
@@ -26,6 +28,7 @@ from .options import EXIT_CODES_HELP, backend_options, handles_errors, jobs_opti
 @click.option("--one-file-system", is_flag=True, help="Do not descend into other file systems below the roots.")
 @click.option("-v", "--verbose", is_flag=True, help="Also list committed temporaries (others are always listed).")
 @output_options
+@mpi_option
 @handles_errors
 def command(
     roots: tuple[str, ...],
@@ -38,6 +41,7 @@ def command(
     verbose: bool,
     as_json: bool,
     report: str | None,
+    mpi: Distributed | None,
 ) -> None:
     """Commit every temporary below ROOT... whose data arrived; delete the others.
 
@@ -54,5 +58,6 @@ def command(
             jobs=jobs,
             one_file_system=one_file_system,
             wait_timeout=wait_timeout,
+            mpi=mpi,
         )
         finalize(roots, sink, opts, progress=sink.log)
