@@ -1,4 +1,4 @@
-"""Cleanup: sweep the orphaned temporaries that no post-stage finished (issue 4).
+"""Cleanup: sweep the orphaned temporaries that no post-stage finished.
 
 An orphan is a temporary whose age (now minus the newer of its mtime and ctime, `orphan`) passed the
 threshold and whose transfer no backend reports as in progress. Orphans go through the same engine as
@@ -7,14 +7,19 @@ bits) and the same order of system calls on open descriptors:
 
 - a complete orphan (its size verifies) is committed: the data arrived, only the finalize was missed;
 - an incomplete one is deleted; with ``delete_only`` a complete one is deleted too;
-- a legacy AXL temporary is deleted, never committed (nothing in its name verifies it);
+- an AXL temporary that a given state file names (``axl_state``) is settled from its entry, as finalize
+  would, once it is an orphan;
+- a legacy AXL temporary that no state file names is reported and left (it may be the only copy of
+  complete data); with ``delete_legacy``, the explicit opt-in, an orphaned one is deleted, never
+  committed (nothing in its name verifies it);
 - a directory marker is applied once it is old and nothing below it is still waiting;
 - an unrecognised name is reported and never touched;
 - a temporary that is not an orphan (too young, in transfer) is skipped: exit code 0, since nothing is
   wrong with it; a later run takes it when it is old enough.
 
 Exit codes are finalize's: 0 every orphan committed (the rest skipped as not orphans yet), 1 some orphans
-were deleted (their data did not arrive, or ``delete_only``, or legacy), 4 some could not be acted on;
+were deleted (their data did not arrive, or ``delete_only``, or ``delete_legacy``), 4 some could not be
+acted on (legacy temporaries left included);
 never 3, since cleanup does not wait.
 """
 
@@ -23,7 +28,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 from .backends.base import Backend
 from .errors import UsageError
@@ -33,9 +38,6 @@ from .policy import Legacy, Policy, Seen
 from .report import Kind, Outcome, Record, Sink
 from .verdict import Action
 from .walk import AnyPath
-
-if TYPE_CHECKING:
-    from .mpi import Distributed
 
 
 class CleanupPolicy(Policy):
@@ -47,8 +49,9 @@ class CleanupPolicy(Policy):
     guard_unchanged: ClassVar[bool] = True
     measures_age: ClassVar[bool] = True
 
-    def __init__(self, orphans: OrphanPolicy) -> None:
+    def __init__(self, orphans: OrphanPolicy, *, delete_legacy: bool = False) -> None:
         self.orphans = orphans
+        self.delete_legacy = delete_legacy
 
     def in_transfer(self, seen: Seen) -> tuple[Outcome, str, bool]:
         seen.waiting = IN_TRANSFER
@@ -68,7 +71,7 @@ class CleanupPolicy(Policy):
         return action, why
 
     def unclaimed_legacy(self) -> Legacy:
-        return Legacy.DELETE
+        return Legacy.DELETE if self.delete_legacy else Legacy.LEAVE
 
     def marker_waits(self, seen: Seen) -> tuple[Outcome, str]:
         # What is below is not an orphan yet (or was reported left); the marker waits with it.
@@ -92,7 +95,8 @@ class CleanupOptions:
     delete_only: bool = False
     one_file_system: bool = True  # never cross into another file system below a root
     jobs: int | None = 1  # --jobs (None: by file system, as finalize)
-    mpi: Distributed | None = None  # --mpi: spread over the ranks of an MPI job (records reach rank 0's sink)
+    axl_state: Sequence[AnyPath] = ()  # --axl-state: AXL state files (or directories of them)
+    delete_legacy: bool = False  # --delete-legacy: delete orphaned AXL temporaries no state file names
 
 
 def cleanup(
@@ -112,8 +116,10 @@ def cleanup(
     when the backend fails.
     """
     opts = options or CleanupOptions()
-    if not opts.older_than >= 0:  # also refuses NaN, which no age would be "younger than"
-        raise UsageError(None, f"--older-than must be a duration of 0s or more (got {opts.older_than}s)")
+    if not opts.older_than > 0:  # also refuses NaN, which no age would be "younger than"
+        # 0 would take a temporary a copy is writing at this very moment: every one counts as "still being
+        # written" for at least a moment after its last write.
+        raise UsageError(None, f"--older-than must be a positive duration (got {opts.older_than:g}s)")
     policy = OrphanPolicy(older_than=opts.older_than, now=now, delete_only=opts.delete_only, act=True)
 
     def shaped(record: Record) -> None:
@@ -128,8 +134,8 @@ def cleanup(
             jobs=opts.jobs,
             one_file_system=opts.one_file_system,
             wait_timeout=0.0,  # an orphan's transfer is over or forgotten; one look, no waiting
-            policy=CleanupPolicy(policy),
-            mpi=opts.mpi,
+            axl_state=opts.axl_state,
+            policy=CleanupPolicy(policy, delete_legacy=opts.delete_legacy),
         ),
         progress=progress,
     )

@@ -265,25 +265,26 @@ def settle_dir_marker(
         os.close(fd)
 
 
-LEGACY_SKIPPED = "legacy AXL temporary: no mode or size to verify; never committed (cleanup removes it)"
+LEGACY_LEFT: Final = (
+    "legacy AXL temporary that no state file names: left untouched (it may be the only copy of complete data; "
+    "pass its state file with --axl-state to commit it)"
+)
 
 
 def settle_legacy(
     dfd: int, name: bytes, path: bytes, ln: LegacyName, settings: Settings, *, refused: str | None = None
 ) -> Record:
     """A legacy AXL temporary (``<final>._AXL[handle]``) that no state file names: never committed, since
-    nothing verifies it; what else is done with it is the policy's `unclaimed_legacy` (`refused`: why its
-    listed type already rules it out)."""
+    nothing verifies it, and left untouched unless the policy deletes orphaned ones (cleanup
+    ``--delete-legacy``), after the same refusals as a temporary of ours (`refused`: why its listed type,
+    or an unreadable state file that may name it, already rules it out)."""
     final = os.path.join(os.path.dirname(path), ln.final)
     policy = settings.policy
-    treatment = policy.unclaimed_legacy()
-    transfer = None if treatment is Legacy.SKIP else settings.backend.status(ln.handle)
     seen = Seen()
+    deletes = policy.unclaimed_legacy() is Legacy.DELETE
+    transfer = settings.backend.status(ln.handle) if deletes else None
 
     def record(outcome: Outcome, reason: str, *, in_progress: bool = False) -> Record:
-        extra = None if treatment is Legacy.SKIP else policy.annotate(Kind.LEGACY, outcome, seen)
-        if treatment is not Legacy.DELETE:
-            outcome, reason = Outcome.SKIPPED, LEGACY_SKIPPED
         return Record(
             path=path,
             kind=Kind.LEGACY,
@@ -292,16 +293,17 @@ def settle_legacy(
             final=final,
             handle=ln.handle,
             transfer=None if transfer is None else transfer.detail,
-            extra=extra,
+            extra=policy.annotate(Kind.LEGACY, outcome, seen),
         )
 
-    if treatment is Legacy.SKIP:
-        return record(Outcome.SKIPPED, LEGACY_SKIPPED)
+    if not deletes:
+        if policy.measures_age:
+            seen.age_ns = _age_by_name(dfd, name, policy)
+        return record(Outcome.LEFT, LEGACY_LEFT)
     if refused:
         return record(Outcome.LEFT, f"{refused}: refused")
     if transfer is not None and transfer.state is TransferState.IN_PROGRESS:
-        if policy.measures_age:
-            seen.age_ns = _age_by_name(dfd, name, policy)
+        seen.age_ns = _age_by_name(dfd, name, policy)
         outcome, reason, _ = policy.in_transfer(seen)
         return record(outcome, reason)
     opened = _open_and_check(dfd, name, settings, seen, record, None, NAME_SOURCE)
@@ -312,7 +314,9 @@ def settle_legacy(
         if not settings.dry_run and not _unlink_same(dfd, name, st, unchanged=True):
             seen.waiting = BEING_WRITTEN
             return record(Outcome.SKIPPED, "not an orphan: written to while being judged")
-        return record(Outcome.ABORTED, "orphaned legacy AXL temporary: deleted (no mode or size to verify a commit)")
+        return record(
+            Outcome.ABORTED, "orphaned legacy AXL temporary: deleted (--delete-legacy; no state file named it)"
+        )
     except FileNotFoundError:
         # Only the temporary's own name can be missing here: another process committed or aborted it.
         return record(Outcome.SKIPPED, _VANISHED)

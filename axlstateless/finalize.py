@@ -5,18 +5,16 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final, Protocol
+from typing import Final
 
+from .axlsource import AxlIndex, state_file_error_record
 from .backends.base import Backend
 from .backends.none import NoneBackend
 from .engine import Settings, settle_dir_marker, settle_file, settle_legacy
 from .nameformat import MARKER, DirMarker, LegacyName, TempName, Unrecognised, parse
 from .policy import FINALIZE, Policy
 from .report import Kind, Outcome, Record, Sink
-from .walk import AnyPath, Listing, Visitor, open_roots, refuse_type, walk
-
-if TYPE_CHECKING:
-    from .mpi import Distributed
+from .walk import AnyPath, Listing, open_roots, refuse_type, walk
 
 DEFAULT_WAIT_TIMEOUT = 540.0  # below LSF's 600 s stage-out limit, leaving time to commit
 
@@ -63,18 +61,11 @@ class FinalizeOptions:
     jobs: int | None = 1  # None: default_jobs() for the roots
     one_file_system: bool = False
     wait_timeout: float = DEFAULT_WAIT_TIMEOUT
+    #: AXL state files, or directories searched for them (--axl-state): AXL's temporaries they name are
+    #: settled from them (axlsource.py).
+    axl_state: Sequence[AnyPath] = ()
     # Set by cleanup and status, not a finalize flag: what is done with each verdict (policy.py).
     policy: Policy = FINALIZE
-    #: The ranks of an MPI job to spread the work over (`mpi.connect()`), or None for this process alone.
-    mpi: Distributed | None = None
-
-
-class Walker(Protocol):
-    """`walk.walk`, or `mpi.Distributed.walk` to spread the same visits over the ranks of an MPI job."""
-
-    def __call__(
-        self, roots: list[tuple[bytes, int]], visitor: Visitor, *, jobs: int = 1, one_file_system: bool = False
-    ) -> None: ...
 
 
 def finalize(
@@ -91,23 +82,27 @@ def finalize(
     """
     opts = options or FinalizeOptions()
     backend = opts.backend or NoneBackend()
-    dist = opts.mpi
-    opened = open_roots(roots) if dist is None else dist.open_roots(roots)
+    log = progress or (lambda _m: None)
+    opened = open_roots(roots)
     try:
-        jobs = opts.jobs if opts.jobs is not None else default_jobs([fd for _, fd in opened])
+        axl = AxlIndex.load(opts.axl_state, opened) if opts.axl_state else None
+        if axl is not None:
+            # Each unreadable state file: one error line and one record (exit 4); the rest of the run
+            # goes on, and none of the temporaries it may name is touched.
+            for error in axl.errors:
+                log(f"Error: {error}")
+                sink(state_file_error_record(error))
         if backend.uses_handles:
-            wait_progress = progress or (lambda _m: None)
-            if dist is None:
-                handles = collect_handles(opened, legacy=opts.policy.legacy_handles)
-                backend.wait(handles, opts.wait_timeout, wait_progress)
-            else:  # one wait, on rank 0, for the handles every rank found
-                handles = collect_handles(opened, legacy=opts.policy.legacy_handles, walker=dist.walk, jobs=jobs)
-                backend = dist.wait_once(backend, handles, opts.wait_timeout, wait_progress)
+            handles = collect_handles(opened, legacy=opts.policy.legacy_handles)
+            if axl is not None:
+                handles |= axl.handles()
+            backend.wait(handles, opts.wait_timeout, log)
         settings = Settings(backend, dry_run=opts.dry_run, fsync=opts.fsync, policy=opts.policy)
-        visitor = FinalizeVisitor(settings, sink if dist is None else dist.sink(sink))
-        (walk if dist is None else dist.walk)(
-            _dup_roots(opened), visitor, jobs=jobs, one_file_system=opts.one_file_system
-        )
+        visitor = FinalizeVisitor(settings, sink, axl=axl)
+        jobs = opts.jobs if opts.jobs is not None else default_jobs([fd for _, fd in opened])
+        walk(_dup_roots(opened), visitor, jobs=jobs, one_file_system=opts.one_file_system)
+        if axl is not None:
+            axl.finish(settings, sink, log)
     finally:
         for _, fd in opened:
             os.close(fd)
@@ -117,12 +112,9 @@ def _dup_roots(opened: list[tuple[bytes, int]]) -> list[tuple[bytes, int]]:
     return [(path, os.dup(fd)) for path, fd in opened]
 
 
-def collect_handles(
-    opened: list[tuple[bytes, int]], *, legacy: bool = False, walker: Walker = walk, jobs: int = 1
-) -> set[int]:
+def collect_handles(opened: list[tuple[bytes, int]], *, legacy: bool = False) -> set[int]:
     """The transfer handles named by the temporaries below the roots (one read-only pass); with `legacy`,
-    those of legacy AXL temporaries too (cleanup must not delete one whose transfer still runs). With an
-    MPI `walker`, each rank's share of them."""
+    those of legacy AXL temporaries too (cleanup must not delete one whose transfer still runs)."""
     handles: set[int] = set()
     kinds = (TempName, LegacyName) if legacy else (TempName,)
 
@@ -139,16 +131,19 @@ def collect_handles(
         def error(self, path: bytes, exc: OSError) -> None:
             pass
 
-    walker(_dup_roots(opened), _Collect(), jobs=jobs)
+    walk(_dup_roots(opened), _Collect())
     return handles
 
 
 class FinalizeVisitor:
     """Settles each directory's temporaries as the walk reaches it, and its markers once it is finished."""
 
-    def __init__(self, settings: Settings, sink: Sink) -> None:
+    def __init__(self, settings: Settings, sink: Sink, *, axl: AxlIndex | None = None) -> None:
         self.settings = settings
         self.sink = sink
+        self.axl = axl
+        # A legacy temporary is never deleted while a state file that may name it could not be read.
+        self.legacy_refused = "a state file given could not be read and may name it" if axl and axl.errors else None
 
     def visit(self, listing: Listing) -> bool:
         pending = committed = False
@@ -157,12 +152,20 @@ class FinalizeVisitor:
         # Looked up once per directory, not once per temporary (issue 6).
         settings, sink, dfd = self.settings, self.sink, listing.fd
         holds, done = self.settings.policy.holds_directory, Outcome.COMMITTED
+        axl = None if self.axl is None else self.axl.directory(listing.path)
         for entry in listing.entries:
             parsed = entry.parsed
             if isinstance(parsed, DirMarker):
                 continue
             path = prefix + entry.name
-            if isinstance(parsed, TempName):
+            if axl is not None and (item := axl.names.get(entry.name)) is not None:
+                assert self.axl is not None  # noqa: S101 - axl comes from it
+                if (settled := self.axl.settle_listed(dfd, entry, path, item, settings)) is None:
+                    continue  # a final written without AXL's extension: checked with the rest, in finish
+                record = settled
+            elif axl is not None and entry.name in axl.finals:
+                record = self.axl.claimed_final(axl, path)  # type: ignore[union-attr]
+            elif isinstance(parsed, TempName):
                 if why := refuse_type(entry):
                     final = os.path.join(listing.path, parsed.final)
                     record = Record(
@@ -181,7 +184,8 @@ class FinalizeVisitor:
                 else:
                     record = settle_file(dfd, entry.name, path, parsed, settings)
             elif isinstance(parsed, LegacyName):
-                record = settle_legacy(dfd, entry.name, path, parsed, settings, refused=refuse_type(entry))
+                refused = refuse_type(entry) or self.legacy_refused
+                record = settle_legacy(dfd, entry.name, path, parsed, settings, refused=refused)
             elif isinstance(parsed, Unrecognised):
                 reason = f"unrecognised name: {parsed.reason}"
                 record = Record(path=path, kind=Kind.UNRECOGNISED, outcome=Outcome.SKIPPED, reason=reason)
@@ -204,6 +208,10 @@ class FinalizeVisitor:
 
     def finish(self, listing: Listing, pending_children: dict[bytes, bool]) -> bool:
         pending = False
+        if self.axl is not None and (axl := self.axl.directory(listing.path)) is not None:
+            # State-file entries the listing did not show: temporaries gone (or never come), and finals
+            # written without AXL's extension.
+            pending = self.axl.settle_rest(listing.fd, listing.path, axl, self.settings, self.sink)
         for entry in listing.entries:
             if not isinstance(entry.parsed, DirMarker):
                 continue

@@ -10,10 +10,15 @@ that recreates the file (losing its extended attributes) still leaves a committa
 A directory marker is an empty file that pre-stage leaves beside a directory it created; it tells the
 finalizer which mode and mtime to give directory ``<final>`` once everything below it is done.
 
-Names are bytes. Parsing looks for the *last* ``._AXL`` and matches the suffix against the grammar
-exactly; a name that carries the marker but fails the grammar is `Unrecognised` and never acted on.
-The final part must itself be a valid name that does not parse as a temporary, so the set of names
-that parse is exactly the set that `encode` can produce.
+Names are bytes. Parsing looks for the *last* ``._AXL`` and matches the suffix after it against the
+grammar exactly, which is how legacy names and ours are told apart (docs/format.md):
+
+- ``.v1.`` and the v1 fields: one of ours. Its final part must itself be a valid name that does not
+  parse as anything, so the set of v1 names that parse is exactly the set that `encode` can produce;
+- nothing, or only digits (at most 20, below 2**64): a legacy AXL temporary. Its final part is whatever
+  precedes that last marker, as AXL itself splits a name (``axl_remove_extension``): it may contain
+  ``._AXL`` too (``x._AXL7._AXL`` is the temporary of ``x._AXL7``);
+- anything else: `Unrecognised`, never acted on.
 """
 
 from __future__ import annotations
@@ -85,7 +90,8 @@ class DirMarker:
 
 @dataclass(frozen=True, slots=True)
 class LegacyName:
-    """An AXL temporary (``<final>._AXL`` or ``<final>._AXL<handle>``): no mode or size to verify."""
+    """An AXL temporary (``<final>._AXL`` or ``<final>._AXL<handle>``): no mode or size in its name; only
+    an AXL state file that names it says what it should become."""
 
     final: bytes
     handle: int | None
@@ -112,6 +118,14 @@ def parse(name: bytes) -> Parsed | None:
         # per marker, so an unbounded name could exhaust the stack (found by tests/test_fuzz_names.py).
         return Unrecognised(name, f"longer than NAME_MAX ({NAME_MAX} bytes)")
     final, suffix = name[:at], name[at:]
+    if m := _LEGACY_RE.fullmatch(suffix):
+        # AXL's own split: the final is everything before the last marker, whatever it holds.
+        if problem := _name_problem(final):
+            return Unrecognised(name, problem)
+        handle = int(m[1]) if m[1] else None
+        if handle is not None and handle >= HANDLE_LIMIT:
+            return Unrecognised(name, "the handle is out of range")
+        return LegacyName(final, handle)
     if problem := final_problem(final):
         return Unrecognised(name, problem)
     if m := _FILE_RE.fullmatch(suffix):
@@ -128,20 +142,21 @@ def parse(name: bytes) -> Parsed | None:
         if not -MTIME_LIMIT <= mtime < MTIME_LIMIT:
             return Unrecognised(name, "a number is out of range")
         return DirMarker(final, int(m[1], 8), mtime)
-    if m := _LEGACY_RE.fullmatch(suffix):
-        handle = int(m[1]) if m[1] else None
-        if handle is not None and handle >= HANDLE_LIMIT:
-            return Unrecognised(name, "the handle is out of range")
-        return LegacyName(final, handle)
     return Unrecognised(name, "the suffix after ._AXL does not match format version 1")
 
 
-def final_problem(final: bytes) -> str | None:
-    """Why `final` cannot be a final name, or None when it can."""
+def _name_problem(final: bytes) -> str | None:
     if final in (b"", b".", b".."):
         return "the final name is empty, '.' or '..'"
     if b"/" in final or b"\0" in final:
         return "the final name contains '/' or NUL"
+    return None
+
+
+def final_problem(final: bytes) -> str | None:
+    """Why `final` cannot be the final name of one of our temporaries, or None when it can."""
+    if problem := _name_problem(final):
+        return problem
     inner = parse(final)
     if inner is not None and not isinstance(inner, Unrecognised):
         return "the final name itself parses as a temporary"

@@ -32,10 +32,8 @@ from .verdict import Action
 class Legacy(enum.Enum):
     """What a policy does with a legacy AXL temporary that no state file names."""
 
-    SKIP = "skip"  # report it skipped, never open it
-    LEAVE = "leave"  # report it left, never open it
-    JUDGE = "judge"  # open and judge it like an orphan, report what would be done, change nothing (status)
-    DELETE = "delete"  # delete it once it is an orphan (cleanup --delete-legacy)
+    LEAVE = "leave"  # report it left (not exit 0), never open it: it may be the only copy of complete data
+    DELETE = "delete"  # delete it once it is an orphan (cleanup --delete-legacy, an explicit opt-in)
 
 
 class Seen:
@@ -76,7 +74,7 @@ class Policy:
         return action, why
 
     def unclaimed_legacy(self) -> Legacy:
-        return Legacy.SKIP
+        return Legacy.LEAVE
 
     def marker_waits(self, seen: Seen) -> tuple[Outcome, str]:
         """Outcome and reason of a directory marker whose directory still holds unfinished work."""

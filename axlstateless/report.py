@@ -29,7 +29,9 @@ class Outcome(enum.Enum):
 class Kind(enum.Enum):
     FILE = "file"
     DIR = "dir"
-    LEGACY = "legacy"
+    LEGACY = "legacy"  # an AXL temporary that no state file names
+    AXL = "axl"  # an entry of an AXL state file (its temporary, or its final written without one)
+    STATE_FILE = "state-file"  # an AXL state file that could not be read or removed
     UNRECOGNISED = "unrecognised"
 
 

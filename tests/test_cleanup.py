@@ -46,6 +46,10 @@ from axlstateless.orphan import DEFAULT_OLDER_THAN, format_duration
 DAY = 86400.0
 MTIME_NS = 1_500_000_000_123_456_789
 LATER = time.time() + 2 * DAY  # a reference time from which everything made now is two days old
+#: The smallest threshold the tests use through the CLI (0 is refused: a copy writing right now would be
+#: taken), and the sleep that makes what a test just wrote older than it (ctime cannot be set back).
+TINY = "0.01s"
+AGED = 0.05
 
 source_mod = importlib.import_module("axlstateless.source")
 
@@ -108,7 +112,7 @@ def test_bad_durations_are_usage_errors(text: str) -> None:
         parse_duration(text)
 
 
-@pytest.mark.parametrize("older_than", [-1.0, float("nan")])
+@pytest.mark.parametrize("older_than", [-1.0, 0.0, float("nan")])
 def test_library_refuses_a_threshold_that_is_not_a_duration(tmp_path: Path, older_than: float) -> None:
     temporary(tmp_path, "f", b"x")
     with pytest.raises(UsageError):
@@ -206,7 +210,7 @@ def test_dry_run_changes_nothing(tmp_path: Path, delete_only: bool) -> None:
     temporary(sub, "deep", b"z")
     (tmp_path / os.fsdecode(DirMarker(b"sub", 0o555, MTIME_NS).encode())).write_bytes(b"")
     before = snapshot(tmp_path)
-    records, code = run(tmp_path, dry_run=True, delete_only=delete_only)
+    records, code = run(tmp_path, dry_run=True, delete_only=delete_only, delete_legacy=True)
     assert snapshot(tmp_path) == before
     got = by_name(records)
     assert got["complete"].outcome is (Outcome.ABORTED if delete_only else Outcome.COMMITTED)
@@ -216,13 +220,26 @@ def test_dry_run_changes_nothing(tmp_path: Path, delete_only: bool) -> None:
     assert code == 1
 
 
-def test_legacy_temporaries_are_deleted_when_old_never_committed(tmp_path: Path) -> None:
+def test_legacy_temporaries_are_left_without_a_state_file(tmp_path: Path) -> None:
+    """An AXL temporary that no state file names may be the only copy of complete data: reported, never
+    deleted, however old (exit 4, so a cron job's log shows it)."""
+    (tmp_path / "ckpt._AXL").write_bytes(b"complete? nobody can tell")
+    (tmp_path / "done._AXL7").write_bytes(b"or a finished file named like a legacy temporary")
+    before = snapshot(tmp_path)
+    records, code = run(tmp_path)
+    assert {(r.kind, r.outcome) for r in records} == {(Kind.LEGACY, Outcome.LEFT)}
+    assert all("--axl-state" in r.reason for r in records)
+    assert code == 4
+    assert snapshot(tmp_path) == before
+
+
+def test_legacy_temporaries_are_deleted_only_with_delete_legacy(tmp_path: Path) -> None:
     (tmp_path / "ckpt._AXL").write_bytes(b"complete? nobody can tell")
     (tmp_path / "ckpt2._AXL13456").write_bytes(b"")
     young = tmp_path / "young._AXL7"
     young.write_bytes(b"y")
     os.utime(young, (LATER, LATER))
-    records, code = run(tmp_path)
+    records, code = run(tmp_path, delete_legacy=True)
     got = by_name(records)
     assert {got[n].kind for n in got} == {Kind.LEGACY}
     assert (got["ckpt"].outcome, got["ckpt2"].outcome) == (Outcome.ABORTED, Outcome.ABORTED)
@@ -238,7 +255,7 @@ def test_unrecognised_names_are_reported_never_touched(tmp_path: Path) -> None:
         (tmp_path / n).write_bytes(b"?")
     before = snapshot(tmp_path)
     for delete_only in (False, True):
-        records, code = run(tmp_path, delete_only=delete_only, older_than=0)
+        records, code = run(tmp_path, delete_only=delete_only, older_than=1)
         assert code == 0
         assert sorted(os.fsdecode(os.path.basename(r.path)) for r in records) == sorted(names)
         assert {(r.kind, r.outcome) for r in records} == {(Kind.UNRECOGNISED, Outcome.SKIPPED)}
@@ -261,7 +278,7 @@ def test_same_refusals_as_finalize(tmp_path: Path) -> None:
     bait = temporary(outside, "bait", b"reached through a symlinked directory")
     (root / "dirlink").symlink_to(outside)
     before = snapshot(outside)
-    records, code = run(root, older_than=0)
+    records, code = run(root, older_than=1)
     assert code == 4
     assert {r.outcome for r in records} == {Outcome.LEFT}
     assert len(records) == 4  # nothing below the symlinked directory was even listed
@@ -393,7 +410,7 @@ def test_unprivileged_user_takes_only_its_own_orphans(nobody_dir: Path) -> None:
     mine = temporary(nobody_dir, "mine", b"data")
     os.chown(mine, NOBODY, NOBODY)
     roots = temporary(nobody_dir, "roots", b"data")  # root-owned, in nobody's directory
-    code, out, err = run_cli_as(NOBODY, NOBODY, "cleanup", nobody_dir, "--older-than", "0s", "--json")
+    code, out, err = run_cli_as(NOBODY, NOBODY, "cleanup", nobody_dir, "--older-than", TINY, "--json")
     assert code == 4, out + err
     got = {
         json.loads(line)["path"].rsplit("/", 1)[-1].split("._AXL")[0]: json.loads(line)
@@ -444,7 +461,7 @@ def test_a_transfer_in_progress_is_never_an_orphan(tmp_path: Path) -> None:
     legacy_busy = tmp_path / f"lb._AXL{running}"
     legacy_busy.write_bytes(b"")
     (tmp_path / f"lf._AXL{failed}").write_bytes(b"")
-    records, code = run(tmp_path, backend=backend)
+    records, code = run(tmp_path, backend=backend, delete_legacy=True)
     assert backend.waited == ({running, failed, done}, 0.0)  # legacy handles asked too; no waiting
     got = by_name(records)
     assert (got["busy"].outcome, got["lb"].outcome) == (Outcome.SKIPPED, Outcome.SKIPPED)
@@ -460,13 +477,13 @@ def test_a_transfer_in_progress_is_never_an_orphan(tmp_path: Path) -> None:
 
     seen = status_records(tmp_path, backend=StatesBackend({running: TransferState.IN_PROGRESS}), now=LATER)
     assert (seen["busy"]["outcome"], seen["busy"]["cleanup"]) == ("left", "in transfer")
-    assert seen["lb"]["cleanup"] == "in transfer"
+    assert seen["lb"]["cleanup"] == "would leave"  # cleanup leaves legacy temporaries without --delete-legacy
     assert seen["busy"]["age_seconds"] == pytest.approx(2 * DAY, abs=120)
 
 
 def test_against_the_simulated_ibm_bb(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Through the CLI and the bundled simulator as bbcmd: a copy in progress is skipped even with
-    --older-than 0s, a failed one deleted, and the first committed once its transfer is over."""
+    the smallest --older-than, a failed one deleted, and the first committed once its transfer is over."""
     monkeypatch.setenv("AXL_BBSIM_SPOOL", os.fspath(tmp_path / "spool"))
     monkeypatch.setenv("LSF_STAGE_JOBID", "42")
     bbcmd = tmp_path / "bbcmd"
@@ -496,7 +513,7 @@ def test_against_the_simulated_ibm_bb(tmp_path: Path, monkeypatch: pytest.Monkey
     for handle, src, temp in copies:
         (tmp_path / f"list{handle}").write_text(f"{src} {temp} 0\n")
         sim("copy", f"--filelist={tmp_path / f'list{handle}'}", f"--handle={handle}")
-    args = ["cleanup", dst, "--older-than", "0s", "--backend", "ibmbb", "--bbcmd", bbcmd, "--json"]
+    args = ["cleanup", dst, "--older-than", TINY, "--backend", "ibmbb", "--bbcmd", bbcmd, "--json"]
 
     deadline = time.monotonic() + 30
     seen: dict[str, str] = {}
@@ -532,10 +549,11 @@ def test_cli_threshold_decides(tmp_path: Path) -> None:
     out, _ = invoke("cleanup", tmp_path, "-v", code=0)  # the default: 24h
     assert "younger than 24h" in out
     assert snapshot(tmp_path) == before
-    out, _ = invoke("cleanup", tmp_path, "--older-than", "0s", "--dry-run", code=1)
+    time.sleep(AGED)
+    out, _ = invoke("cleanup", tmp_path, "--older-than", TINY, "--dry-run", code=1)
     assert "would be committed" in out
     assert snapshot(tmp_path) == before
-    out, _ = invoke("cleanup", tmp_path, "--older-than", "0s", code=1)
+    out, _ = invoke("cleanup", tmp_path, "--older-than", TINY, code=1)
     assert "aborted" in out and "cleanup: 1 committed, 1 aborted" in out
     assert not complete.exists() and (tmp_path / "complete").read_bytes() == b"all"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["complete"]
@@ -543,7 +561,8 @@ def test_cli_threshold_decides(tmp_path: Path) -> None:
 
 def test_cli_delete_only(tmp_path: Path) -> None:
     temporary(tmp_path, "complete", b"all")
-    out, _ = invoke("cleanup", tmp_path, "--older-than", "0s", "--delete-only", code=1)
+    time.sleep(AGED)
+    out, _ = invoke("cleanup", tmp_path, "--older-than", TINY, "--delete-only", code=1)
     assert "--delete-only" in out
     assert list(tmp_path.iterdir()) == []
 
@@ -553,7 +572,8 @@ def test_cli_json_shape(tmp_path: Path) -> None:
     temporary(tmp_path, "incomplete", b"a", size=3)
     (tmp_path / "x._AXL.bogus").write_bytes(b"")
     report = tmp_path.parent / f"{tmp_path.name}-report.jsonl"
-    out, err = invoke("cleanup", tmp_path, "--older-than", "0s", "--json", "--report", report, code=1)
+    time.sleep(AGED)
+    out, err = invoke("cleanup", tmp_path, "--older-than", TINY, "--json", "--report", report, code=1)
     lines = [json.loads(line) for line in out.splitlines()]
     records, summary = lines[:-1], lines[-1]
     assert {r["outcome"] for r in records} == {"committed", "aborted", "skipped"}
@@ -577,8 +597,20 @@ def test_cli_bad_duration_is_a_usage_error(tmp_path: Path, bad: str) -> None:
     assert len(list(tmp_path.iterdir())) == 1
 
 
+@pytest.mark.parametrize("zero", ["0s", "0m", "0.0h", "0s0m"])
+def test_cli_zero_threshold_is_a_usage_error(tmp_path: Path, zero: str) -> None:
+    """0 would take a temporary that a copy (a live AXL process too) is writing right now."""
+    temporary(tmp_path, "f", b"x", size=5)
+    before = snapshot(tmp_path)
+    time.sleep(AGED)
+    result = CliRunner().invoke(cli, ["cleanup", os.fspath(tmp_path), "--older-than", zero])
+    assert result.exit_code == 2, result.output
+    assert "Error:" in result.stderr and "positive" in result.stderr and "Traceback" not in result.stderr
+    assert snapshot(tmp_path) == before
+
+
 def test_cli_missing_root_is_a_usage_error(tmp_path: Path) -> None:
-    proc = run_cli("cleanup", tmp_path / "nope", "--older-than", "0s", check=2)
+    proc = run_cli("cleanup", tmp_path / "nope", "--older-than", TINY, check=2)
     assert "Error:" in proc.stderr and "Traceback" not in proc.stderr
 
 
@@ -595,7 +627,7 @@ def test_cli_as_subprocess(tmp_path: Path) -> None:
     temporary(tmp_path, "f", b"data")
     run_cli("cleanup", tmp_path, "--older-than", "1h", check=0)
     assert (tmp_path / "f").exists() is False
-    proc = run_cli("cleanup", tmp_path, "--older-than", "0s", "-v", check=0)
+    proc = run_cli("cleanup", tmp_path, "--older-than", TINY, "-v", check=0)
     assert "committed" in proc.stdout and (tmp_path / "f").read_bytes() == b"data"
 
 
@@ -618,20 +650,21 @@ def test_status_shows_age_and_what_cleanup_would_do(tmp_path: Path) -> None:
     before = snapshot(tmp_path)
 
     now = status_records(tmp_path)  # default threshold, real clock: nothing is old
-    assert {now[n]["cleanup"] for n in ("complete", "incomplete", "legacy", "d")} == {"too young"}
+    assert {now[n]["cleanup"] for n in ("complete", "incomplete", "d")} == {"too young"}
+    assert now["legacy"]["cleanup"] == "would leave"  # at any age, without --delete-legacy
     assert now["odd"]["cleanup"] == "never touched"
     assert 0 <= now["complete"]["age_seconds"] < 60
     # Finalize's verdict is unchanged by the annotation.
     assert (now["complete"]["outcome"], now["incomplete"]["outcome"], now["legacy"]["outcome"]) == (
         "committed",
         "aborted",
-        "skipped",
+        "left",
     )
 
     later = status_records(tmp_path, now=LATER)
     assert later["complete"]["cleanup"] == "would commit"
     assert later["incomplete"]["cleanup"] == "would delete"
-    assert later["legacy"]["cleanup"] == "would delete"
+    assert later["legacy"]["cleanup"] == "would leave"
     assert later["d"]["cleanup"] == "would apply"
     assert later["complete"]["age_seconds"] == pytest.approx(2 * DAY, abs=120)
     assert snapshot(tmp_path) == before

@@ -140,7 +140,7 @@ def test_four_finalizers_at_once(tmp_path: Path, seed: int) -> None:
 def test_finalizers_and_cleanup_at_once(tmp_path: Path) -> None:
     dst, expect = build_tree(tmp_path, 9, dirs=4, per_dir=100)
     commands = [["finalize", os.fspath(dst), "--json", "--jobs", "2"] for _ in range(FINALIZERS)]
-    commands.append(["cleanup", os.fspath(dst), "--json", "--older-than", "0s"])
+    commands.append(["cleanup", os.fspath(dst), "--json", "--older-than", "0.01s"])
     results = run_together(commands)
     acted: Counter[str] = Counter()
     for code, records, err in results:

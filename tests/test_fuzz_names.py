@@ -49,16 +49,20 @@ def check_parse(name: bytes) -> None:
         return
     assert len(name) <= NAME_MAX  # nothing longer is a temporary: encode could not have made it
     # Whatever was accepted names a valid final name in the same directory...
-    assert final_problem(parsed.final) is None
+    assert parsed.final not in (b"", b".", b"..")
     assert b"/" not in parsed.final and b"\0" not in parsed.final
     assert name.startswith(parsed.final)
     if isinstance(parsed, LegacyName):
+        # ...split as AXL splits it: at the last marker, whatever the final holds (it may hold the marker).
+        assert name.rfind(MARKER) == len(parsed.final)
         digits = name[len(parsed.final) + len(MARKER) :]
         assert name[len(parsed.final) :].startswith(MARKER)
         assert digits.isdigit() or digits == b""
         assert parsed.handle == (int(digits) if digits else None)
         assert parsed.handle is None or parsed.handle < HANDLE_LIMIT  # a uint64, as the BB's handles
         return
+    # One of ours: its final part parses as nothing (so the suffix alone tells v1 from legacy)...
+    assert final_problem(parsed.final) is None
     # ...and is canonical: encoding it gives back the very same bytes (so no malformed name is ever
     # read as a temporary, and there is one name per record).
     assert isinstance(parsed, TempName | DirMarker)
@@ -120,13 +124,15 @@ def test_hostile_long_names_parse_fast(repeat: int, unit: bytes) -> None:
 
 
 def test_many_markers_within_name_max() -> None:
-    """50 nested markers fit in 255 bytes: parsing stays correct and alternates as the grammar says."""
+    """50 nested markers fit in 255 bytes: each is the legacy temporary of the name one marker shorter,
+    split at the last marker as AXL does (``x._AXL7._AXL`` is the temporary of ``x._AXL7``)."""
     for depth in range(1, 51):
         name = b"a" + b"._AXL" * depth
-        parsed = parse(name)
-        # "a._AXL" is legacy; wrapping a temporary makes a final that is refused, wrapping an
-        # unrecognised one makes a valid legacy name again.
-        assert isinstance(parsed, LegacyName if depth % 2 else Unrecognised), depth
+        assert parse(name) == LegacyName(b"a" + b"._AXL" * (depth - 1), None), depth
+    assert parse(b"x._AXL7._AXL") == LegacyName(b"x._AXL7", None)
+    assert parse(b"-dash._AXL3._AXL12") == LegacyName(b"-dash._AXL3", 12)
+    # A v1 name never has a final that parses: the suffix after the last marker tells them apart.
+    assert isinstance(parse(b"a._AXL._AXL.v1.m0644.s1.t1"), Unrecognised)
 
 
 def test_legacy_handles_are_bounded() -> None:

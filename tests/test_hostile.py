@@ -398,7 +398,6 @@ MALFORMED = [
     b"f._AXL.v1.m0644.s1.t0\n",  # trailing newline
     b"f._AXL.v1.dir.m0755",  # marker without its mtime
     b"f._AXLx",
-    b"f._AXL.v1.m0644.s1.t0._AXL",  # the final part parses as a temporary: the legacy grammar
     b"._AXL.v1.m0644.s1.t0",  # empty final name
     b"..._AXL.v1.m0644.s1.t0",  # final name ".."
     b"f._AXL.v1.m0644.s1.t0\xff",

@@ -160,7 +160,7 @@ def test_root_finalizes_a_hostile_user_tree(scratch: Path, command: str) -> None
     # 14. a root-owned temporary asking for set-uid (a root pre-stage of a set-uid source)
     forge(home, "root-suid", b"x", mode=0o6755)
 
-    # 15. legacy AXL names (cleanup deletes old ones): a hardlink to root's secret and a symlink to it
+    # 15. legacy AXL names (cleanup --delete-legacy deletes old ones): a hardlink to root's secret and a symlink to it
     os.link(shadow, home / "shadow2._AXL")
     (home / "shadow3._AXL77").symlink_to(shadow)
     os.lchown(home / "shadow3._AXL77", NOBODY, NOBODY)
@@ -169,7 +169,10 @@ def test_root_finalizes_a_hostile_user_tree(scratch: Path, command: str) -> None
         p: snapshot_one(p) for p in (victim_root, victim_other, root_cfg, root_dir, shadow, tool, mine)
     }
     sealed = snapshot(canary)
-    extra = {"finalize": ["--verbose"], "cleanup": ["--verbose", "--older-than", "0s"], "status": []}[command]
+    # The smallest positive threshold (0 is refused); --delete-legacy so that cleanup's refusals of the two
+    # legacy names are put to the test.
+    cleanup_args = ["--verbose", "--older-than", "0.01s", "--delete-legacy"]
+    extra = {"finalize": ["--verbose"], "cleanup": cleanup_args, "status": []}[command]
     whole = snapshot(scratch)
     code, records, _ = cli_json(command, home, shared, *extra)
     if command == "status":
@@ -198,9 +201,11 @@ def test_root_finalizes_a_hostile_user_tree(scratch: Path, command: str) -> None
         "fifo",
     }, outcome
     assert "symbolic link" in outcome["passwd"][1]
-    # Legacy names: finalize never opens them; cleanup, which deletes old ones, refuses these two.
+    # Legacy names: finalize never opens them (left, reported); cleanup --delete-legacy refuses these two.
     for legacy in ("shadow2", "shadow3"):
-        assert outcome[legacy][0] == ("left" if command == "cleanup" else "skipped"), outcome[legacy]
+        assert outcome[legacy][0] == "left", outcome[legacy]
+        if command == "cleanup":
+            assert "refused" in outcome[legacy][1] or "hard links" in outcome[legacy][1], outcome[legacy]
     assert "hard links" in outcome["linked"][1]
     assert "hard links" in outcome["shadow-link"][1]
     assert "foreign-owned" in outcome["forged-uid"][1]

@@ -6,10 +6,16 @@ import click
 
 from axlstateless.backends import Backend
 from axlstateless.finalize import DEFAULT_WAIT_TIMEOUT, FinalizeOptions, finalize
-from axlstateless.mpi import Distributed
 
-from .mpi import mpi_option
-from .options import EXIT_CODES_HELP, backend_options, handles_errors, jobs_option, output_options, reporter
+from .options import (
+    EXIT_CODES_HELP,
+    axl_state_option,
+    backend_options,
+    handles_errors,
+    jobs_option,
+    output_options,
+    reporter,
+)
 
 
 @click.command("finalize", epilog=EXIT_CODES_HELP)
@@ -26,9 +32,9 @@ from .options import EXIT_CODES_HELP, backend_options, handles_errors, jobs_opti
 @click.option("--fsync", is_flag=True, help="Make each commit durable (file, then directory).")
 @jobs_option
 @click.option("--one-file-system", is_flag=True, help="Do not descend into other file systems below the roots.")
+@axl_state_option
 @click.option("-v", "--verbose", is_flag=True, help="Also list committed temporaries (others are always listed).")
 @output_options
-@mpi_option
 @handles_errors
 def command(
     roots: tuple[str, ...],
@@ -38,17 +44,21 @@ def command(
     fsync: bool,
     jobs: int | None,
     one_file_system: bool,
+    axl_state: tuple[str, ...],
     verbose: bool,
     as_json: bool,
     report: str | None,
-    mpi: Distributed | None,
 ) -> None:
     """Commit every temporary below ROOT... whose data arrived; delete the others.
 
     Walks the roots through directory descriptors, never following a symlink. Each temporary ends in one
     reported outcome: committed (renamed to its final name with its mode and times), aborted (deleted:
     its data did not arrive; an old final file stays), left (untouched, with the reason), or skipped
-    (legacy or unrecognised names, never touched).
+    (unrecognised names, never touched).
+
+    AXL's own temporaries (<final>._AXL, <final>._AXL<handle>) are committed or deleted only from the AXL
+    state file that names them (--axl-state); without one they are left untouched and reported (exit 4):
+    they may be the only copy of complete data.
     """
     with reporter("finalize", as_json, report, dry_run, verbose) as sink:
         opts = FinalizeOptions(
@@ -58,6 +68,6 @@ def command(
             jobs=jobs,
             one_file_system=one_file_system,
             wait_timeout=wait_timeout,
-            mpi=mpi,
+            axl_state=axl_state,
         )
         finalize(roots, sink, opts, progress=sink.log)

@@ -72,6 +72,20 @@ def _duration(ctx: click.Context, param: click.Parameter, value: str) -> float:
         raise click.BadParameter(exc.reason, ctx, param) from None
 
 
+def axl_state_option(func: F) -> F:
+    """--axl-state PATH (repeatable), shared by finalize, cleanup and status."""
+    return click.option(
+        "--axl-state",
+        "axl_state",
+        multiple=True,
+        metavar="PATH",
+        type=click.Path(),
+        help="An AXL state file, or a directory searched for them (by content, not name); repeatable. "
+        "AXL temporaries it names are committed or deleted from its records; one whose entries are all settled "
+        "is removed, as AXL_Free does.",
+    )(func)
+
+
 def jobs_option(func: F) -> F:
     """-j/--jobs, shared by finalize, cleanup and status; None lets the library choose by file system."""
     return click.option(
