@@ -28,7 +28,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from .backends.base import Backend
 from .errors import UsageError
@@ -38,6 +38,9 @@ from .policy import Legacy, Policy, Seen
 from .report import Kind, Outcome, Record, Sink
 from .verdict import Action
 from .walk import AnyPath
+
+if TYPE_CHECKING:
+    from .mpi import Distributed
 
 
 class CleanupPolicy(Policy):
@@ -95,6 +98,7 @@ class CleanupOptions:
     delete_only: bool = False
     one_file_system: bool = True  # never cross into another file system below a root
     jobs: int | None = 1  # --jobs (None: by file system, as finalize)
+    mpi: Distributed | None = None  # --mpi: spread over the ranks of an MPI job (records reach rank 0's sink)
     axl_state: Sequence[AnyPath] = ()  # --axl-state: AXL state files (or directories of them)
     delete_legacy: bool = False  # --delete-legacy: delete orphaned AXL temporaries no state file names
 
@@ -134,6 +138,7 @@ def cleanup(
             jobs=opts.jobs,
             one_file_system=opts.one_file_system,
             wait_timeout=0.0,  # an orphan's transfer is over or forgotten; one look, no waiting
+            mpi=opts.mpi,
             axl_state=opts.axl_state,
             policy=CleanupPolicy(policy, delete_legacy=opts.delete_legacy),
         ),

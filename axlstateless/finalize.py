@@ -5,16 +5,20 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import TYPE_CHECKING, Final, Protocol
 
 from .axlsource import AxlIndex, state_file_error_record
 from .backends.base import Backend
 from .backends.none import NoneBackend
 from .engine import Settings, settle_dir_marker, settle_file, settle_legacy
+from .errors import UsageError
 from .nameformat import MARKER, DirMarker, LegacyName, TempName, Unrecognised, parse
 from .policy import FINALIZE, Policy
 from .report import Kind, Outcome, Record, Sink
-from .walk import AnyPath, Listing, open_roots, refuse_type, walk
+from .walk import AnyPath, Listing, Visitor, open_roots, refuse_type, walk
+
+if TYPE_CHECKING:
+    from .mpi import Distributed
 
 DEFAULT_WAIT_TIMEOUT = 540.0  # below LSF's 600 s stage-out limit, leaving time to commit
 
@@ -66,6 +70,16 @@ class FinalizeOptions:
     axl_state: Sequence[AnyPath] = ()
     # Set by cleanup and status, not a finalize flag: what is done with each verdict (policy.py).
     policy: Policy = FINALIZE
+    #: The ranks of an MPI job to spread the work over (`mpi.connect()`), or None for this process alone.
+    mpi: Distributed | None = None
+
+
+class Walker(Protocol):
+    """`walk.walk`, or `mpi.Distributed.walk` to spread the same visits over the ranks of an MPI job."""
+
+    def __call__(
+        self, roots: list[tuple[bytes, int]], visitor: Visitor, *, jobs: int = 1, one_file_system: bool = False
+    ) -> None: ...
 
 
 def finalize(
@@ -82,8 +96,13 @@ def finalize(
     """
     opts = options or FinalizeOptions()
     backend = opts.backend or NoneBackend()
+    dist = opts.mpi
+    if dist is not None and opts.axl_state:
+        # Each rank would settle only the entries of the directories it walks, and none could tell when a
+        # state file's entries are all settled.
+        raise UsageError(None, "--axl-state cannot be combined with --mpi (yet): run it in one process")
     log = progress or (lambda _m: None)
-    opened = open_roots(roots)
+    opened = open_roots(roots) if dist is None else dist.open_roots(roots)
     try:
         axl = AxlIndex.load(opts.axl_state, opened) if opts.axl_state else None
         if axl is not None:
@@ -92,15 +111,21 @@ def finalize(
             for error in axl.errors:
                 log(f"Error: {error}")
                 sink(state_file_error_record(error))
-        if backend.uses_handles:
-            handles = collect_handles(opened, legacy=opts.policy.legacy_handles)
-            if axl is not None:
-                handles |= axl.handles()
-            backend.wait(handles, opts.wait_timeout, log)
-        settings = Settings(backend, dry_run=opts.dry_run, fsync=opts.fsync, policy=opts.policy)
-        visitor = FinalizeVisitor(settings, sink, axl=axl)
         jobs = opts.jobs if opts.jobs is not None else default_jobs([fd for _, fd in opened])
-        walk(_dup_roots(opened), visitor, jobs=jobs, one_file_system=opts.one_file_system)
+        if backend.uses_handles:
+            if dist is None:
+                handles = collect_handles(opened, legacy=opts.policy.legacy_handles)
+                if axl is not None:
+                    handles |= axl.handles()
+                backend.wait(handles, opts.wait_timeout, log)
+            else:  # one wait, on rank 0, for the handles every rank found
+                handles = collect_handles(opened, legacy=opts.policy.legacy_handles, walker=dist.walk, jobs=jobs)
+                backend = dist.wait_once(backend, handles, opts.wait_timeout, log)
+        settings = Settings(backend, dry_run=opts.dry_run, fsync=opts.fsync, policy=opts.policy)
+        visitor = FinalizeVisitor(settings, sink if dist is None else dist.sink(sink), axl=axl)
+        (walk if dist is None else dist.walk)(
+            _dup_roots(opened), visitor, jobs=jobs, one_file_system=opts.one_file_system
+        )
         if axl is not None:
             axl.finish(settings, sink, log)
     finally:
@@ -112,9 +137,12 @@ def _dup_roots(opened: list[tuple[bytes, int]]) -> list[tuple[bytes, int]]:
     return [(path, os.dup(fd)) for path, fd in opened]
 
 
-def collect_handles(opened: list[tuple[bytes, int]], *, legacy: bool = False) -> set[int]:
+def collect_handles(
+    opened: list[tuple[bytes, int]], *, legacy: bool = False, walker: Walker = walk, jobs: int = 1
+) -> set[int]:
     """The transfer handles named by the temporaries below the roots (one read-only pass); with `legacy`,
-    those of legacy AXL temporaries too (cleanup must not delete one whose transfer still runs)."""
+    those of legacy AXL temporaries too (cleanup must not delete one whose transfer still runs). With an
+    MPI `walker`, each rank's share of them."""
     handles: set[int] = set()
     kinds = (TempName, LegacyName) if legacy else (TempName,)
 
@@ -131,7 +159,7 @@ def collect_handles(opened: list[tuple[bytes, int]], *, legacy: bool = False) ->
         def error(self, path: bytes, exc: OSError) -> None:
             pass
 
-    walk(_dup_roots(opened), _Collect())
+    walker(_dup_roots(opened), _Collect(), jobs=jobs)
     return handles
 
 

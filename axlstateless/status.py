@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from .backends.base import Backend
 from .finalize import FinalizeOptions, finalize
@@ -13,6 +13,9 @@ from .orphan import DEFAULT_OLDER_THAN, IN_TRANSFER, OrphanPolicy, cleanup_view
 from .policy import Policy, Seen
 from .report import Kind, Outcome, Record, Sink
 from .walk import AnyPath
+
+if TYPE_CHECKING:
+    from .mpi import Distributed
 
 
 class StatusPolicy(Policy):
@@ -51,19 +54,27 @@ def status(
     jobs: int | None = 1,
     older_than: float = DEFAULT_OLDER_THAN,
     now: float | None = None,
+    mpi: Distributed | None = None,
     axl_state: Sequence[AnyPath] = (),
 ) -> None:
     """Report one `Record` per temporary (and legacy or unrecognised name) with the outcome finalize
     would give it now, and in its ``extra`` the temporary's ``age_seconds`` and ``cleanup``: what
     ``cleanup --older-than`` `older_than` would do to it now (would commit, would delete, would apply,
     too young, in transfer, would leave, never touched). The backend is asked once, without waiting.
-    Raises like `finalize`."""
+    With `mpi`, the work is spread over the ranks of an MPI job, as `finalize` does. Raises like
+    `finalize`."""
 
     def annotated(record: Record) -> None:
         sink(cleanup_view(record, status=True))
 
     policy = OrphanPolicy(older_than=older_than, now=now, act=False)
     options = FinalizeOptions(
-        backend=backend, dry_run=True, jobs=jobs, wait_timeout=0.0, axl_state=axl_state, policy=StatusPolicy(policy)
+        backend=backend,
+        dry_run=True,
+        jobs=jobs,
+        wait_timeout=0.0,
+        axl_state=axl_state,
+        policy=StatusPolicy(policy),
+        mpi=mpi,
     )
     finalize(roots, annotated, options)

@@ -305,3 +305,50 @@ def test_module_takes_the_uid_later_slurms_pass(cluster: slurmkit.Cluster, tmp_p
     assert rc == "0" and msg.startswith("axl_finalize: finalize: "), msg
     assert temporaries(root) == [] and (root / "a").is_file()
     assert report_of(root, "77")[-1]["exit_code"] == 0
+
+
+@pytest.mark.skipif(LUA is None, reason="no lua interpreter (Debian: lua5.1)")
+def test_module_passes_finalize_exact_arguments(cluster: slurmkit.Cluster, tmp_path: Path) -> None:
+    """What finalize is given, through setpriv and two shells: every root one argument whatever it holds,
+    the report in the first root, a wait timeout StageOutTimeout (30 s here) less its margin (10 s), the
+    site's extra options; the environment emptied but PATH and LANG."""
+    roots = [cluster.base / "data" / "odd $HOME 'q' \"x\" ;true", cluster.base / "data" / "plain"]
+    for r in roots:
+        r.mkdir()
+    echo = cluster.base / "echo-args"
+    echo.write_text('#!/bin/sh\nprintf \'%s|\' "$@" "uid=$(id -u)" "HOME=${HOME-unset}"; echo\n')
+    echo.chmod(0o755)
+    script = tmp_path / "script"
+    script.write_text(f"#!/bin/sh\n#BB_LUA {finalize_directive(*roots)}\ntrue\n")
+    driver = tmp_path / "driver.lua"
+    driver.write_text(
+        "local M = dofile(arg[1])\n"
+        "M.settings.finalize_options = { '--jobs', '3' }\n"
+        "local rc, msg = M.data_out('78', arg[2], '65534', '65534')\n"
+        "print(rc) print(msg)\n"
+    )
+    proc = subprocess.run(
+        [str(LUA), str(driver), str(LUA_FILES[0]), str(script)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+        env={**cluster.env, "AXL_STATELESS": str(echo), "HOME": "/root"},
+    )
+    rc, msg = proc.stdout.splitlines()
+    args, _, report = msg.removeprefix("axl_finalize: ").partition("; report ")
+    assert rc == "0" and report.startswith(f"{roots[0]}/axl-finalize.78.") and report.endswith("Z.jsonl"), msg
+    assert args.split("|") == [
+        "finalize",
+        "--report",
+        report,
+        "--wait-timeout",
+        "20",
+        "--jobs",
+        "3",
+        "--",
+        *map(str, roots),
+        f"uid={NOBODY}",
+        "HOME=unset",
+        "",
+    ]

@@ -6,8 +6,10 @@ import click
 
 from axlstateless.backends import Backend
 from axlstateless.cleanup import CleanupOptions, cleanup
+from axlstateless.mpi import Distributed
 from axlstateless.report import Outcome, Record
 
+from .mpi import mpi_option
 from .options import (
     axl_state_option,
     backend_options,
@@ -60,6 +62,7 @@ When several apply, the highest of 4, 1 is returned."""
     help="Also list committed orphans and temporaries that are not orphans (counted as skipped either way).",
 )
 @output_options
+@mpi_option
 @handles_errors
 def command(
     roots: tuple[str, ...],
@@ -74,6 +77,7 @@ def command(
     verbose: bool,
     as_json: bool,
     report: str | None,
+    mpi: Distributed | None,
 ) -> None:
     """Sweep orphaned temporaries below ROOT...: those no post-stage finished.
 
@@ -105,6 +109,7 @@ def command(
             delete_only=delete_only,
             one_file_system=one_file_system,
             jobs=jobs,
+            mpi=mpi,
             axl_state=axl_state,
             delete_legacy=delete_legacy,
         )

@@ -6,7 +6,9 @@ import click
 
 from axlstateless.backends import Backend
 from axlstateless.finalize import DEFAULT_WAIT_TIMEOUT, FinalizeOptions, finalize
+from axlstateless.mpi import Distributed
 
+from .mpi import mpi_option
 from .options import (
     EXIT_CODES_HELP,
     axl_state_option,
@@ -35,6 +37,7 @@ from .options import (
 @axl_state_option
 @click.option("-v", "--verbose", is_flag=True, help="Also list committed temporaries (others are always listed).")
 @output_options
+@mpi_option
 @handles_errors
 def command(
     roots: tuple[str, ...],
@@ -48,6 +51,7 @@ def command(
     verbose: bool,
     as_json: bool,
     report: str | None,
+    mpi: Distributed | None,
 ) -> None:
     """Commit every temporary below ROOT... whose data arrived; delete the others.
 
@@ -68,6 +72,7 @@ def command(
             jobs=jobs,
             one_file_system=one_file_system,
             wait_timeout=wait_timeout,
+            mpi=mpi,
             axl_state=axl_state,
         )
         finalize(roots, sink, opts, progress=sink.log)

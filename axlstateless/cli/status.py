@@ -7,10 +7,12 @@ import os
 import click
 
 from axlstateless.backends import Backend
+from axlstateless.mpi import Distributed
 from axlstateless.orphan import format_duration
 from axlstateless.report import Outcome, Record
 from axlstateless.status import status
 
+from .mpi import mpi_option
 from .options import (
     EXIT_CODES_HELP,
     axl_state_option,
@@ -30,6 +32,7 @@ from .options import (
 @axl_state_option
 @older_than_option("Show what `cleanup --older-than DURATION` would do to each temporary now (90s, 30m, 24h, 7d).")
 @output_options
+@mpi_option
 @handles_errors
 def command(
     roots: tuple[str, ...],
@@ -39,6 +42,7 @@ def command(
     axl_state: tuple[str, ...],
     as_json: bool,
     report: str | None,
+    mpi: Distributed | None,
 ) -> None:
     """List the temporaries below ROOT... with their decoded fields and what finalize would do now.
 
@@ -49,7 +53,7 @@ def command(
     """
     with reporter("status", as_json, report, True, True) as sink:
         sink.text_format = _status_line
-        status(roots, sink, backend=backend, jobs=jobs, older_than=older_than, axl_state=axl_state)
+        status(roots, sink, backend=backend, jobs=jobs, older_than=older_than, mpi=mpi, axl_state=axl_state)
 
 
 def _status_line(record: Record) -> str:

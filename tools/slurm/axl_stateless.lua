@@ -43,6 +43,9 @@ M.settings = {
 	wait_timeout = nil,
 	-- The Directive= of burst_buffer.conf.
 	directive = "BB_LUA",
+	-- The directory of burst_buffer.conf (for StageOutTimeout); nil: that of $SLURM_CONF, else /etc/slurm.
+	-- The complete burst_buffer.lua sets it to its own directory.
+	conf_dir = nil,
 	-- The commands this module runs; PATH is also the job user's PATH while finalize runs.
 	setpriv = "setpriv",
 	scontrol = "scontrol",
@@ -209,6 +212,9 @@ local function job_owner(job_id, uid, gid)
 end
 
 local function conf_dir()
+	if M.settings.conf_dir then
+		return M.settings.conf_dir
+	end
 	local conf = os.getenv("SLURM_CONF") or "/etc/slurm/slurm.conf"
 	return conf:match("^(.*)/[^/]*$") or "."
 end

@@ -22,6 +22,8 @@ local function here()
 end
 
 local axl = dofile(here() .. "/axl_stateless.lua")
+-- burst_buffer.conf (StageOutTimeout) lives beside this file, wherever slurm.conf was given from.
+axl.settings.conf_dir = here()
 
 -- At submission, in slurmctld (must be quick): a malformed directive or a relative root rejects the job
 -- with a message sbatch prints, before the job spends its allocation.

@@ -1,0 +1,71 @@
+"""``--mpi``: run a command on every rank of an MPI job (``mpiexec -n P axl-stateless finalize --mpi ...``).
+
+Rank 0 alone writes: standard output, standard error, ``--report`` and ``--filelist``; the other ranks'
+output is discarded (their records reach rank 0). Every rank exits with rank 0's exit code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import sys
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import click
+
+from axlstateless.errors import UsageError
+from axlstateless.mpi import connect, launcher_rank
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+MPI_HELP = (
+    "Run on every rank of an MPI job (mpiexec -n P ... --mpi, or srun): the work is spread over the ranks, "
+    "rank 0 writes the output. Needs mpi4py (the axlstateless[mpi] extra)."
+)
+
+
+def mpi_option(func: F) -> F:
+    """Adds ``--mpi``; the command then gets ``mpi``: a `Distributed`, or None without the flag."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if not kwargs.pop("use_mpi"):
+            return func(*args, mpi=None, **kwargs)
+        try:
+            dist = connect()
+        except UsageError as exc:
+            # No communicator yet: the launcher's rank variable keeps it to one message per job.
+            if launcher_rank() in (None, 0):
+                click.echo(f"Error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+        if dist.rank != 0:
+            for name in ("report", "filelist"):  # one writer: a second open would truncate rank 0's file
+                if name in kwargs:
+                    kwargs[name] = None
+        code: int = 0
+        try:
+            with _muted(dist.rank != 0):
+                func(*args, mpi=dist, **kwargs)
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        except BaseException as exc:  # a bug or an interrupt: take the job down rather than hang the others
+            dist.crash(exc)
+            raise
+        sys.exit(dist.agree_exit(code))
+
+    return click.option("--mpi", "use_mpi", is_flag=True, help=MPI_HELP)(wrapper)  # type: ignore[return-value]
+
+
+@contextlib.contextmanager
+def _muted(mute: bool) -> Iterator[None]:
+    if not mute:
+        yield
+        return
+    with (
+        open(os.devnull, "w", encoding="utf-8") as sink,
+        contextlib.redirect_stdout(sink),
+        contextlib.redirect_stderr(sink),
+    ):
+        yield
