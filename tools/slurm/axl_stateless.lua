@@ -311,7 +311,7 @@ function M.data_out(job_id, job_script, uid, gid, started)
 	if not uid then
 		return ERROR, "axl_finalize: " .. why .. "; nothing done"
 	end
-	if uid == "0" then
+	if tonumber(uid) == 0 then
 		return ERROR, "axl_finalize: the job runs as root, refused; nothing done"
 	end
 
