@@ -148,7 +148,7 @@ def finalize_directive(*roots: Path | str) -> str:
 
 
 def report_of(root: Path, jobid: str) -> list[dict[str, Any]]:
-    (report,) = root.glob(f"axl-finalize.{jobid}.*.jsonl")
+    report = root / f"axl-finalize.{jobid}.jsonl"
     # Written by finalize itself: proof that it ran as the job's user, not as root.
     assert report.stat().st_uid == NOBODY
     return [json.loads(line) for line in report.read_text().splitlines()]
@@ -327,6 +327,9 @@ def test_module_passes_finalize_exact_arguments(cluster: slurmkit.Cluster, tmp_p
         "local rc, msg = M.data_out('78', arg[2], '65534', '65534')\n"
         "print(rc) print(msg)\n"
     )
+    # A report an earlier run of this job's stage-out left is kept: this run writes beside it.
+    (roots[0] / "axl-finalize.78.jsonl").write_text("earlier\n")
+    (roots[0] / "axl-finalize.78.2.jsonl").write_text("earlier\n")
     proc = subprocess.run(
         [str(LUA), str(driver), str(LUA_FILES[0]), str(script)],
         capture_output=True,
@@ -337,7 +340,7 @@ def test_module_passes_finalize_exact_arguments(cluster: slurmkit.Cluster, tmp_p
     )
     rc, msg = proc.stdout.splitlines()
     args, _, report = msg.removeprefix("axl_finalize: ").partition("; report ")
-    assert rc == "0" and report.startswith(f"{roots[0]}/axl-finalize.78.") and report.endswith("Z.jsonl"), msg
+    assert rc == "0" and report == f"{roots[0]}/axl-finalize.78.3.jsonl", msg
     assert args.split("|") == [
         "finalize",
         "--report",

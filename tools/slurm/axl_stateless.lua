@@ -35,9 +35,10 @@ M.settings = {
 	command = "axl-stateless",
 	-- More finalize options, one word each, e.g. { "--fsync", "--jobs", "16" }.
 	finalize_options = {},
-	-- Where the report goes: %r the first root, %j the job id, %t the UTC time of the run. The time
-	-- keeps a rerun of the same job's stage-out (slurmctld restarted) from overwriting the first report.
-	report = "%r/axl-finalize.%j.%t.jsonl",
+	-- Where the report goes: %r the first root, %j the job id, %t the UTC time of the run. Job ids are
+	-- unique, so two jobs never share a report; should the same job's stage-out run again (slurmctld
+	-- restarted), ".2", ".3", ... is put before ".jsonl" rather than overwrite the first report.
+	report = "%r/axl-finalize.%j.jsonl",
 	-- Seconds finalize may wait on transfers (only with a waiting backend, e.g. --backend ibmbb); nil:
 	-- what is left of StageOutTimeout (burst_buffer.conf beside slurm.conf) less a margin for the commits.
 	wait_timeout = nil,
@@ -297,6 +298,34 @@ which the caller's slurm_bb_data_out began (for the wait timeout; default now). 
 (and a message) when finalize exits 0 or there is no directive, else slurm.ERROR and one line for the
 job's Reason.
 --]]
+-- `path`, or when something already has that name (an earlier run of the same job's stage-out),
+-- the first of path with ".2", ".3", ... before its extension that nothing has: finalize truncates
+-- its report, and the earlier one is the record of what that run did.
+local function unused_report_name(path)
+	local function taken(p)
+		local f = io.open(p, "r")
+		if f then
+			f:close()
+			return true
+		end
+		return false
+	end
+	if not taken(path) then
+		return path
+	end
+	local stem, ext = path:match("^(.*)(%.[^./]*)$")
+	if not stem then
+		stem, ext = path, ""
+	end
+	for n = 2, 1000 do
+		local candidate = stem .. "." .. n .. ext
+		if not taken(candidate) then
+			return candidate
+		end
+	end
+	return path
+end
+
 function M.data_out(job_id, job_script, uid, gid, started)
 	job_id = tostring(job_id)
 	local roots, err = script_roots(job_script)
@@ -315,9 +344,9 @@ function M.data_out(job_id, job_script, uid, gid, started)
 		return ERROR, "axl_finalize: the job runs as root, refused; nothing done"
 	end
 
-	local report = M.settings.report:gsub("%%([rjt%%])", function(c)
+	local report = unused_report_name(M.settings.report:gsub("%%([rjt%%])", function(c)
 		return ({ r = roots[1], j = job_id, t = os.date("!%Y%m%dT%H%M%SZ"), ["%"] = "%" })[c]
-	end)
+	end))
 	local argv = command_words()
 	for _, w in ipairs({ "finalize", "--report", report, "--wait-timeout", tostring(wait_timeout(started)) }) do
 		argv[#argv + 1] = w
