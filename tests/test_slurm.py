@@ -242,10 +242,32 @@ def test_bad_root_changes_nothing(cluster: slurmkit.Cluster, bad: str) -> None:
     assert sorted(p.name for p in good.iterdir()) == before
 
 
-def test_relative_root_is_rejected_at_submission(cluster: slurmkit.Cluster) -> None:
-    proc = cluster.submit("#!/bin/sh\n#BB_LUA axl_finalize relative/run42\ntrue\n")
-    assert proc.returncode != 0
-    assert b"axl_finalize: relative/run42: not an absolute path" in proc.stderr, proc.stderr
+def test_relative_root_is_an_error_in_the_reason(cluster: slurmkit.Cluster) -> None:
+    good = stage(cluster, "beside-relative", {"a": None})
+    before = sorted(p.name for p in good.iterdir())
+    job = run_job(cluster, [finalize_directive(good, "relative/run42")])
+    assert job["JobState"] == "STAGE_OUT", job
+    assert says(job, "axl_finalize: relative/run42: not an absolute path"), job["Reason"]
+    assert sorted(p.name for p in good.iterdir()) == before
+    assert hurry(cluster, job["JobId"])["JobState"] != "STAGE_OUT"
+
+
+@pytest.mark.skipif(LUA is None, reason="no lua interpreter (Debian: lua5.1)")
+def test_check_at_submission_rejects_a_relative_root(tmp_path: Path) -> None:
+    """The opt-in check a site's slurm_bb_job_process may call: sbatch then refuses the job."""
+    script = tmp_path / "script"
+    script.write_text("#!/bin/sh\n#BB_LUA axl_finalize relative/run42\ntrue\n")
+    driver = tmp_path / "driver.lua"
+    driver.write_text(
+        "slurm = { SUCCESS = 0, ERROR = -1 }\n"
+        "local M = dofile(arg[1])\n"
+        "local rc, msg = M.job_process(arg[2])\n"
+        "print(rc) print(msg)\n"
+    )
+    proc = subprocess.run(
+        [str(LUA), str(driver), str(LUA_FILES[0]), str(script)], capture_output=True, text=True, check=True, timeout=30
+    )
+    assert proc.stdout.splitlines() == ["-1", "axl_finalize: relative/run42: not an absolute path"]
 
 
 def test_hostile_temporary_is_refused(cluster: slurmkit.Cluster) -> None:

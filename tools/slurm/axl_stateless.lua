@@ -42,6 +42,10 @@ M.settings = {
 	-- Seconds finalize may wait on transfers (only with a waiting backend, e.g. --backend ibmbb); nil:
 	-- what is left of StageOutTimeout (burst_buffer.conf beside slurm.conf) less a margin for the commits.
 	wait_timeout = nil,
+	-- true: burst_buffer.lua's slurm_bb_job_process rejects at sbatch a job whose directive is
+	-- malformed or names a relative root; false: such a job runs, and its stage-out fails with the error
+	-- in the job's Reason, changing nothing.
+	check_at_submission = false,
 	-- The Directive= of burst_buffer.conf.
 	directive = "BB_LUA",
 	-- The directory of burst_buffer.conf (for StageOutTimeout); nil: that of $SLURM_CONF, else /etc/slurm.

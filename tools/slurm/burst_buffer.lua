@@ -25,10 +25,15 @@ local axl = dofile(here() .. "/axl_stateless.lua")
 -- burst_buffer.conf (StageOutTimeout) lives beside this file, wherever slurm.conf was given from.
 axl.settings.conf_dir = here()
 
--- At submission, in slurmctld (must be quick): a malformed directive or a relative root rejects the job
--- with a message sbatch prints, before the job spends its allocation.
+-- At submission, in slurmctld (must be quick). By default the job is accepted whatever its directive
+-- says, and a malformed directive or a relative root becomes the error in its Reason at stage-out,
+-- with nothing changed; a site that would rather have sbatch refuse such a job up front, before it
+-- spends its allocation, sets axl.settings.check_at_submission = true.
 function slurm_bb_job_process(job_script, uid, gid, job_info)
-	return axl.job_process(job_script)
+	if axl.settings.check_at_submission then
+		return axl.job_process(job_script)
+	end
+	return slurm.SUCCESS
 end
 
 -- In slurmctld: no pools, so Slurm tracks no burst-buffer space.
