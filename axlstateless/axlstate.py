@@ -290,19 +290,20 @@ def read_state_file(path: AnyPath, *, dir_fd: int | None = None) -> AxlTransfer:
             raise StateFileError(bpath, f"{st.st_size} bytes, larger than {MAX_STATE_FILE_SIZE} (not read)")
         chunks: list[bytes] = []
         total = 0
-        # One byte more than fstat said, so that the usual whole read needs no second call to see the
-        # end; a file that changed meanwhile (AXL rewrites in place) is read on to its end, then
-        # judged by its content.
+        # One byte more than fstat said: the usual whole read is one call, and its being short says the
+        # end was reached. A file that grew meanwhile (AXL rewrites in place) is read on to its end;
+        # one read cut short by anything else reads as truncated, never as a shorter transfer (the
+        # kvtree header's filesize and CRC say so).
         want = st.st_size + 1
         while True:
             chunk = os.read(fd, want)
-            if not chunk:
-                break
-            want = 65536
             chunks.append(chunk)
             total += len(chunk)
             if total > MAX_STATE_FILE_SIZE:
                 raise StateFileError(bpath, f"grew past {MAX_STATE_FILE_SIZE} bytes while read")
+            if len(chunk) < want:
+                break
+            want = 65536
     except OSError as exc:
         raise StateFileError(bpath, _os_reason(exc)) from None
     finally:

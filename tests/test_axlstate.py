@@ -173,6 +173,16 @@ def test_unsigned_numbers_read_as_strtoul_base_0(text: bytes, value: int) -> Non
     assert f.size == value
 
 
+@given(
+    st.integers(0, 2**64 - 1),
+    st.sampled_from(["%d", "0%o", "0x%x", "0X%X"]),
+    st.sampled_from(["SIZE", "MODE", "UID", "GID"]),
+)
+def test_any_unsigned_long_in_any_strtoul_form_reads_back(value: int, form: str, key: str) -> None:
+    (f,) = parse_state(b"p", dumps(_state(**{key: (form % value).encode()}))).files
+    assert getattr(f, key.lower()) == value
+
+
 @pytest.mark.parametrize(
     "text",
     [b"", b" 4096", b"+4096", b"-1", b"4096 ", b"4096x", b"0x", b"09", b"1e3", b"18446744073709551616", b"\xd9\xa3"],

@@ -3,6 +3,7 @@ re-encode byte for byte; every defect, cut or mutation is a KVTreeError and noth
 
 from __future__ import annotations
 
+import os
 import struct
 import zlib
 
@@ -12,10 +13,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from axlstateless import kvtree
-from axlstateless.errors import KVTreeError
+from axlstateless.axlstate import parse_state
+from axlstateless.errors import KVTreeError, StateFileError
 from axlstateless.kvtree import KVTree, dumps, get_value, is_kvtree, loads
 
 Ordered = list[tuple[bytes, "Ordered"]]
+#: Examples per property; ``AXL_FUZZ_EXAMPLES=N`` raises it (tools/fuzz/run.sh does).
+EXAMPLES = int(os.environ.get("AXL_FUZZ_EXAMPLES", "300"))
 
 
 def ordered(tree: KVTree) -> Ordered:
@@ -159,12 +163,35 @@ def test_round_trip_of_generated_trees(tree: KVTree) -> None:
     assert dumps(back) == data
 
 
-@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+def check_decode(candidate: bytes) -> None:
+    """The decoder's invariants on any bytes (also tools/fuzz/atheris_kvtree.py's): `loads` raises
+    nothing but KVTreeError, `parse_state` nothing but a StateFileError naming the file, and whatever
+    decodes re-encodes to the same body (nothing skipped, invented or reordered)."""
+    error: StateFileError | None = None
+    try:
+        parse_state(b"mutated", candidate)
+    except StateFileError as exc:
+        error = exc
+    assert error is None or error.path == "mutated"
+    try:
+        tree = loads(candidate)
+    except KVTreeError:
+        return
+    if not candidate:
+        assert tree == {}
+        return
+    flagged = candidate[19] & kvtree.FLAG_CRC32
+    assert dumps(tree)[20:-4] == (candidate[20:-4] if flagged else candidate[20:])
+
+
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     st.sampled_from(WITH_STATE),
     st.lists(
         st.tuples(
-            st.integers(0, 1 << 20), st.sampled_from(["flip", "insert", "delete"]), st.binary(min_size=1, max_size=4)
+            st.integers(0, 1 << 20),
+            st.sampled_from(["flip", "insert", "delete"]),
+            st.binary(min_size=1, max_size=4),
         ),
         max_size=6,
     ),
@@ -182,14 +209,4 @@ def test_mutations_are_refused_or_decoded_never_a_crash(
             data[i:i] = what
         else:
             del data[i : i + len(what)]
-    candidate = reseal(bytes(data)) if resealed else bytes(data)
-    try:
-        tree = loads(candidate)
-    except KVTreeError:
-        return
-    if not candidate:
-        assert tree == {}
-        return
-    # Whatever decodes re-encodes to the same body: nothing was skipped, invented or reordered.
-    flagged = candidate[19] & kvtree.FLAG_CRC32
-    assert dumps(tree)[20:-4] == (candidate[20:-4] if flagged else candidate[20:])
+    check_decode(reseal(bytes(data)) if resealed else bytes(data))

@@ -1,7 +1,8 @@
 #!/bin/bash
 # The long reliability job of issue 5 (not part of the 5-minute suite): many more hypothesis
 # examples, seeded SIGKILL and fault-injection rounds at ten times the suite's size, and, when atheris
-# is installed (pip install atheris), coverage-guided fuzzing of both parsers.
+# is installed (pip install atheris), coverage-guided fuzzing of the three parsers (temporary names,
+# bbcmd replies, kvtree files).
 #
 #   tools/fuzz/run.sh                 # about 45 minutes on 2 cores
 #   EXAMPLES=30000 SOAK=3 RUNS=1000000 tools/fuzz/run.sh    # about 20 minutes
@@ -20,6 +21,9 @@ AXL_FUZZ_EXAMPLES=$EXAMPLES python -m pytest -q -p no:cacheprovider --timeout=0 
 echo "== bbcmd reply parser: hypothesis, $EXAMPLES examples"
 python tools/fuzz/hypothesis_bbcmd_reply.py "$EXAMPLES"
 
+echo "== kvtree decoder and AXL state-file reader: hypothesis, $EXAMPLES examples per property"
+AXL_FUZZ_EXAMPLES=$EXAMPLES python -m pytest -q -p no:cacheprovider --timeout=0 tests/test_kvtree.py tests/test_axlstate.py
+
 echo "== crash, concurrency and root-over-users rounds at AXL_SOAK=$SOAK"
 AXL_SOAK=$SOAK python -m pytest -q -p no:cacheprovider --timeout=0 \
     tests/test_crash.py tests/test_concurrency.py tests/test_root_over_users.py
@@ -28,9 +32,10 @@ if python -c "import atheris" 2>/dev/null; then
     echo "== atheris, $RUNS runs each (seeded from tools/fuzz/seeds, corpus grown in a scratch copy)"
     corpus=$(mktemp -d)
     trap 'rm -rf "$corpus"' EXIT
-    cp -r tools/fuzz/seeds/names tools/fuzz/seeds/bbcmd "$corpus"/
+    cp -r tools/fuzz/seeds/names tools/fuzz/seeds/bbcmd tools/fuzz/seeds/kvtree "$corpus"/
     python tools/fuzz/atheris_names.py -atheris_runs="$RUNS" "$corpus/names"
     python tools/fuzz/atheris_bbcmd_reply.py -atheris_runs="$RUNS" -max_len=4096 "$corpus/bbcmd"
+    python tools/fuzz/atheris_kvtree.py -atheris_runs="$RUNS" -max_len=8192 "$corpus/kvtree"
 else
     echo "== atheris not installed (pip install atheris): coverage-guided fuzzing skipped"
 fi
