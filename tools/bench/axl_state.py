@@ -29,8 +29,8 @@ from axlstateless import kvtree
 from axlstateless.axlstate import find_state_files, read_state_file
 
 #: One `axl_cp -U` process per state file (process start, AXL_Init, the state file read, AXL_Wait's
-#: checks and renames), about 2.5 ms each: measured on the project's development machine with the
-#: AXL v0.9.0 build that made tests/data/axl, not by this script.
+#: checks and renames), about 2.5 ms each: the figure given when AXL support was specified, measured
+#: with a real AXL v0.9.0 build on the development machine, not by this script.
 AXL_CP_MS = 2.5
 DEFAULT_FILES = 16_384
 MTIME_NS = 1_700_000_000_123_456_789
@@ -169,7 +169,7 @@ def main() -> int:
         print(f"{label:42} {wall:7.3f}s wall {wall / n * 1e6:7.1f} us/file | CPU {cpu / n * 1e6:7.1f} us/file")
     wall = t_find[0] + t_read[0]
     print(f"find + read in one process: {wall:.3f}s wall, {t_find[1] + t_read[1]:.3f}s CPU")
-    origin = "measured on the development machine, not here" if args.axl_ms == AXL_CP_MS else "given by --axl-ms"
+    origin = "measured elsewhere with AXL v0.9.0, not here" if args.axl_ms == AXL_CP_MS else "given by --axl-ms"
     print(
         f"one axl_cp -U per state file at {args.axl_ms} ms ({origin}): {axl_total:.1f}s; "
         f"ratio {axl_total / wall:.0f}x by wall time"
