@@ -27,6 +27,7 @@ from .backends.base import Backend, Progress
 from .backends.snapshot import SnapshotBackend
 from .errors import AxlError, UsageError
 from .mpiwalk import DistributedWalker
+from .prestage import PrestageResult, StagedFile, StagePair, prestage, write_filelist
 from .report import Record, Sink
 from .walk import AnyPath, Visitor, open_roots
 
@@ -51,8 +52,9 @@ def launcher_rank() -> int | None:
     return None
 
 
-def connect() -> Distributed:
-    """The `Distributed` of every process of the job (``MPI_COMM_WORLD``), initialising MPI.
+def connect(comm: Any = None) -> Distributed:
+    """A `Distributed` over `comm` (an mpi4py communicator; default: every process of the job,
+    ``MPI_COMM_WORLD``), initialising MPI if the caller has not.
 
     Raises `UsageError` when mpi4py is not installed (or MPI cannot start).
     """
@@ -62,7 +64,7 @@ def connect() -> Distributed:
         raise UsageError(None, MISSING_MPI4PY) from None
     except RuntimeError as exc:  # mpi4py installed, but its MPI library could not be loaded or started
         raise UsageError(None, f"--mpi: MPI could not start: {exc}") from None
-    return Distributed(MPI.COMM_WORLD, MPI)
+    return Distributed(MPI.COMM_WORLD if comm is None else comm, MPI)
 
 
 class Distributed:
@@ -207,6 +209,111 @@ class Distributed:
         """`walk.walk` across the ranks: the same `Visitor` calls, each directory's once, on some rank;
         the opened `roots` (the same on every rank) are closed. Collective."""
         DistributedWalker(self, visitor, jobs, one_file_system, self._gather).run(roots)
+
+    # -- pre-stage ------------------------------------------------------------------------------------
+
+    def scatter(self, parts: Sequence[T] | None) -> T:
+        """Rank 0's `parts[r]` on each rank r (`parts` has one item per rank, on rank 0 only)."""
+        if self.rank == 0:
+            if parts is None or len(parts) != self.size:
+                raise AssertionError("scatter needs one part per rank on rank 0")
+            requests = [self.comm.isend(parts[r], dest=r, tag=self.TAG_BCAST) for r in range(1, self.size)]
+            for request in requests:
+                request.wait()
+            return parts[0]
+        while not self.comm.iprobe(source=0, tag=self.TAG_BCAST):
+            time.sleep(_IDLE_POLL)
+        received: T = self.comm.recv(source=0, tag=self.TAG_BCAST)
+        return received
+
+    def prestage(
+        self,
+        pairs: Sequence[StagePair],
+        *,
+        handle: int | None = None,
+        follow_symlinks: bool = False,
+        filelist: bytes | str | None = None,
+        dry_run: bool = False,
+    ) -> PrestageResult:
+        """Pre-stage this rank's `pairs` (`prestage.prestage`), with the whole job's checks first: a final
+        path named twice, on any ranks, or a bad pair on any rank, is one error raised on every rank
+        before any rank creates anything. Collective: every rank calls it, with its own pairs (maybe
+        none). Returns this rank's result: its ``files`` are the (source, temporary) pairs to give the
+        burst buffer (``BB_AddFiles``, or the lines of `filelist`, written per rank when given).
+
+        Raises like `prestage.prestage`, on every rank.
+        """
+        return self._prestage(pairs, handle, follow_symlinks, filelist, dry_run, write=True)
+
+    def _prestage(
+        self,
+        pairs: Sequence[StagePair],
+        handle: int | None,
+        follow_symlinks: bool,
+        filelist: bytes | str | None,
+        dry_run: bool,
+        *,
+        write: bool,
+    ) -> PrestageResult:
+        finals = [os.path.normpath(os.path.abspath(p.final)) for p in pairs]
+        everyone = self.gather(finals)
+
+        def no_duplicates() -> None:
+            assert everyone is not None  # noqa: S101 - rank 0 gathered
+            seen: set[bytes] = set()
+            for rank_finals in everyone:
+                for final in rank_finals:
+                    if final in seen:
+                        raise UsageError(final, "named twice as a destination")
+                    seen.add(final)
+
+        self.on_root(no_duplicates)
+
+        def stage(dry: bool) -> PrestageResult:
+            if not pairs:
+                return PrestageResult(dry_run=dry)
+            # The dry run is given the file list too: its lines are checked then (white space).
+            listed = filelist if dry or write else None
+            return prestage(pairs, handle=handle, follow_symlinks=follow_symlinks, filelist=listed, dry_run=dry)
+
+        # A dry run first checks every pair (sources, names, the file list's white space) on every rank.
+        checked = self.on_every(lambda: stage(True))
+        return checked if dry_run else self.on_every(lambda: stage(False))
+
+    def prestage_list(
+        self,
+        pairs: Sequence[StagePair] | None,
+        *,
+        handle: int | None = None,
+        follow_symlinks: bool = False,
+        filelist: bytes | str | None = None,
+        dry_run: bool = False,
+    ) -> PrestageResult:
+        """Pre-stage the whole `pairs` list (given on rank 0), split across the ranks in contiguous
+        blocks, with one `filelist` written by rank 0. Returns the whole job's result on rank 0 (files
+        in list order), this rank's elsewhere. Collective; raises like `prestage`, on every rank."""
+        blocks: list[list[StagePair]] | None = None
+        if self.rank == 0:
+            everything = list(pairs or [])
+            bounds = [len(everything) * r // self.size for r in range(self.size + 1)]
+            blocks = [everything[bounds[r] : bounds[r + 1]] for r in range(self.size)]
+        mine = self.scatter(blocks)
+        result = self._prestage(mine, handle, follow_symlinks, filelist, dry_run, write=False)
+        results = self.gather(result)
+        merged = result
+        if results is not None:
+            merged = PrestageResult(dry_run=dry_run)
+            for part in results:
+                merged.files.extend(part.files)
+                merged.created_directories.extend(
+                    d for d in part.created_directories if d not in merged.created_directories
+                )
+                merged.replaced += part.replaced
+                merged.xattrs &= part.xattrs
+        if filelist is not None and not dry_run:
+            files: list[StagedFile] = merged.files
+            self.on_root(lambda: write_filelist(filelist, files))
+        return merged
 
 
 class _GatherSink:

@@ -353,6 +353,12 @@ def _make_child_dir(parent_fd: int, name: bytes, path: bytes, src_dir: bytes | N
         os.close(parent_fd)
 
 
+def write_filelist(path: bytes | str, files: list[StagedFile]) -> None:
+    """Write the file list ``bbcmd copy --filelist`` takes (``<source> <temporary> 0`` a line), atomically
+    (to a new name, then renamed over `path`). Raises `PrestageError`."""
+    _write_filelist(os.fsencode(path), files)
+
+
 def _write_filelist(path: bytes, files: list[StagedFile]) -> None:
     tmp = path + b".part%d" % os.getpid()
     try:

@@ -316,3 +316,108 @@ def test_bbcmd_calls_do_not_grow_with_ranks(tmp_path: Path, monkeypatch: pytest.
         results[ranks] = (log.read_text().splitlines(), record_set(records, tree))
     assert len(results[4][0]) == len(results[1][0]) > 0
     assert results[4][1] == results[1][1]
+
+
+# -- pre-stage across ranks ---------------------------------------------------------------------------
+
+
+def staged_state(root: Path) -> dict[str, tuple[Any, ...]]:
+    """Names, types and modes below `root`, with temporaries' sizes and times (those of directories and
+    markers are when they were made)."""
+    out: dict[str, tuple[Any, ...]] = {}
+    for path in root.rglob("*"):
+        st = path.lstat()
+        times = (st.st_size, st.st_mtime_ns) if path.is_file() and ".dir." not in path.name else ()
+        out[str(path.relative_to(root))] = (st.st_mode, *times)
+    return out
+
+
+def test_prestage_from_list_equals_serial(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    for d in range(5):
+        (src / f"d{d}").mkdir(parents=True)
+        for i in range(7):
+            (src / f"d{d}" / f"f{i}").write_bytes(b"x" * i)
+    files = sorted(p for p in src.rglob("*") if p.is_file())
+
+    def pairs(dst: str) -> list[tuple[bytes, bytes]]:
+        return [(bytes(p), bytes(tmp_path / dst / p.relative_to(src))) for p in files]
+
+    (tmp_path / "serial.tsv").write_bytes(b"".join(b"%s\t%s\n" % p for p in pairs("serial")))
+    (tmp_path / "ranks.nul").write_bytes(b"".join(b"%s\0%s\0" % p for p in pairs("ranks")))
+    run_cli("prestage", "--from-list", tmp_path / "serial.tsv", "--filelist", tmp_path / "serial.list", check=0)
+    run = mpirun(3, "prestage", "--mpi", "-0", "--from-list", tmp_path / "ranks.nul", "--filelist",
+                 tmp_path / "ranks.list", "--json")  # fmt: skip
+    assert run.exits == {0: 0, 1: 0, 2: 0}, run.stderr
+    objs = [json.loads(line) for line in run.stdout.splitlines()]
+    assert objs[-1]["temporaries"] == len(objs) - 1 == len(files)
+    assert staged_state(tmp_path / "ranks") == staged_state(tmp_path / "serial")
+    serial_list = (tmp_path / "serial.list").read_text().replace(f"{tmp_path}/serial/", "DST/")
+    ranks_list = (tmp_path / "ranks.list").read_text().replace(f"{tmp_path}/ranks/", "DST/")
+    assert ranks_list == serial_list  # one file, in list order
+    assert not list(tmp_path.glob("ranks.list.*"))
+
+
+def test_prestage_duplicate_across_the_list_refused_on_every_rank(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    lines = []
+    for i in range(12):
+        (src / f"f{i}").write_bytes(b"data")
+        lines.append(f"{src / f'f{i}'}\t{tmp_path / 'dst' / f'g{i}'}\n")
+    lines.append(f"{src / 'f0'}\t{tmp_path / 'dst' / 'g0'}\n")  # the first line's destination, again
+    (tmp_path / "list").write_text("".join(lines))
+    run = mpirun(4, "prestage", "--mpi", "--from-list", tmp_path / "list")
+    assert run.exits == dict.fromkeys(range(4), 2), run.stderr
+    assert run.stderr.count("Error:") == 1
+    assert f"Error: {tmp_path / 'dst' / 'g0'}: named twice as a destination" in run.stderr
+    assert not (tmp_path / "dst").exists()  # nothing created
+
+
+def test_prestage_bad_pair_on_one_rank_creates_nothing_anywhere(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    lines = []
+    for i in range(8):
+        (src / f"f{i}").write_bytes(b"data")
+        lines.append(f"{src / f'f{i}'}\t{tmp_path / 'dst' / f'g{i}'}\n")
+    (src / "f7").unlink()  # the last rank's source is missing
+    (tmp_path / "list").write_text("".join(lines))
+    run = mpirun(4, "prestage", "--mpi", "--from-list", tmp_path / "list")
+    assert run.exits == dict.fromkeys(range(4), 2), run.stderr
+    assert run.stderr.count("Error:") == 1
+    assert f"{src / 'f7'}: no such file or directory" in run.stderr
+    assert not (tmp_path / "dst").exists()
+
+
+def test_per_rank_api_example_then_finalize(tmp_path: Path) -> None:
+    example = Path(PACKAGE_ROOT) / "tools" / "mpi" / "prestage_ranks.py"
+    bb, pfs = tmp_path / "bb", tmp_path / "pfs"
+    environment = dict(os.environ, PYTHONPATH=PACKAGE_ROOT)
+    argv = [str(MPIEXEC), "-n", "3", sys.executable, str(example), str(bb), str(pfs), "--copy"]
+    proc = subprocess.run(
+        [*argv, "--handle", "7", "--filelist", str(tmp_path / "bb.list")],
+        env=environment,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=90,
+    )
+    assert len(re.findall(r"^rank \d: .* -> .*\._AXL", proc.stdout, re.M)) == 3
+    for rank in range(3):
+        (line,) = (tmp_path / f"bb.list.{rank}").read_text().splitlines()
+        assert line.startswith(f"{bb.resolve()}/ckpt.{rank} {pfs.resolve()}/step.0/ckpt.{rank}._AXL")
+    run_cli("finalize", pfs, check=0)
+    for rank in range(3):
+        final = pfs / "step.0" / f"ckpt.{rank}"
+        assert final.read_bytes() == (bb / f"ckpt.{rank}").read_bytes()
+        assert final.stat().st_mode & 0o7777 == 0o440
+
+
+def test_axl_state_with_mpi_is_a_usage_error(tmp_path: Path) -> None:
+    (tmp_path / "root").mkdir()
+    (tmp_path / "states").mkdir()
+    run = mpirun(2, "finalize", "--mpi", "--axl-state", tmp_path / "states", tmp_path / "root")
+    assert run.exits == {0: 2, 1: 2}
+    assert run.stderr.count("Error:") == 1
+    assert "--axl-state cannot be combined with --mpi" in run.stderr

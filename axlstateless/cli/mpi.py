@@ -1,7 +1,7 @@
 """``--mpi``: run a command on every rank of an MPI job (``mpiexec -n P axl-stateless finalize --mpi ...``).
 
-Rank 0 alone writes: standard output, standard error, ``--report`` and ``--filelist``; the other ranks'
-output is discarded (their records reach rank 0). Every rank exits with rank 0's exit code.
+Rank 0 alone writes: standard output, standard error, ``--report`` and pre-stage's ``--filelist``; the
+other ranks' output is discarded (their records reach rank 0). Every rank exits with rank 0's exit code.
 """
 
 from __future__ import annotations
@@ -40,16 +40,18 @@ def mpi_option(func: F) -> F:
             if launcher_rank() in (None, 0):
                 click.echo(f"Error: {exc}", err=True)
             sys.exit(exc.exit_code)
-        if dist.rank != 0:
-            for name in ("report", "filelist"):  # one writer: a second open would truncate rank 0's file
-                if name in kwargs:
-                    kwargs[name] = None
+        if dist.rank != 0 and kwargs.get("report"):
+            kwargs["report"] = None  # one writer: a second open would truncate rank 0's report
         code: int = 0
         try:
             with _muted(dist.rank != 0):
                 func(*args, mpi=dist, **kwargs)
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        except click.ClickException as exc:  # found alike on every rank, before any collective step
+            if dist.rank == 0:
+                raise
+            sys.exit(exc.exit_code)
         except BaseException as exc:  # a bug or an interrupt: take the job down rather than hang the others
             dist.crash(exc)
             raise

@@ -9,8 +9,10 @@ from typing import IO
 
 import click
 
+from axlstateless.mpi import Distributed
 from axlstateless.prestage import PrestageResult, StagePair, expand_sources, prestage, read_pair_list
 
+from .mpi import mpi_option
 from .options import handles_errors
 
 
@@ -28,6 +30,7 @@ from .options import handles_errors
 @click.option("-L", "--follow-symlinks", is_flag=True, help="Follow a source that is a symbolic link.")
 @click.option("--dry-run", is_flag=True, help="Check everything and show what would be created; create nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per temporary, then a summary object.")
+@mpi_option
 @handles_errors
 def command(
     paths: tuple[str, ...],
@@ -39,6 +42,7 @@ def command(
     follow_symlinks: bool,
     dry_run: bool,
     as_json: bool,
+    mpi: Distributed | None,
 ) -> None:
     """Create a temporary beside each final path: SRC... DEST, as cp does, or --from-list.
 
@@ -47,6 +51,18 @@ def command(
     else. Missing directories are created owner-writable and get their source's mode and mtime back when
     finalize is done with them.
     """
+    if mpi is not None:
+        if from_list is None or paths:
+            raise click.UsageError("--mpi takes --from-list FILE (its pairs are split across the ranks)")
+        listed: list[StagePair] = []
+        # Only rank 0 reads the list (under mpiexec only it has standard input), and checks it for all.
+        mpi.on_root(lambda: listed.extend(read_pair_list(from_list.read(), nul=nul, origin=from_list.name)))
+        started = time.monotonic()
+        result = mpi.prestage_list(
+            listed, handle=handle, follow_symlinks=follow_symlinks, filelist=filelist, dry_run=dry_run
+        )
+        _print_prestage(result, as_json, time.monotonic() - started, filelist)
+        return
     dir_sources: dict[bytes, bytes] = {}
     if from_list is not None:
         if paths:
