@@ -4,7 +4,7 @@ on whichever rank rank 0 hands the work to (docs/mpi.md).
 Rank 0 coordinates, as well as working: it holds the tree of unfinished directories (for each, the
 count of unfinished children and pieces, whether something below is pending, and which rank holds its
 listing), hands out directories to list and visit, a wide directory's chunks to visit, and markers to
-finish, and sends each rank at most ``jobs + 1`` of them at a time, so every rank stays busy on a skewed
+finish, and sends each rank at most ``jobs`` of them at a time, so every rank stays busy on a skewed
 tree (one huge directory beside many small ones, a deep chain). A rank lists a directory with
 `walk.list_directory` and takes its entries with `walk.chunks`; the chunks of a wide one are sent to rank
 0 to be handed out, so its temporaries are spread across ranks while the directory is read once. A
@@ -222,7 +222,9 @@ class DistributedWalker:
     def _coordinate(self) -> None:
         mpi = self.dist.MPI
         comm, tag_up = self.dist.comm, self.dist.TAG_UP
-        coordinator = _Coordinator(self.dist.size, self.jobs + 1, [path for path, _ in self.roots])
+        # No work queued ahead of a rank's threads: with 16 directories for 4 ranks of 4 threads, one
+        # more each would leave a rank with 5 (one thread doing 2 in turn) and another with 1.
+        coordinator = _Coordinator(self.dist.size, self.jobs, [path for path, _ in self.roots])
         status = mpi.Status()
         idle = _MIN_IDLE
         while True:
