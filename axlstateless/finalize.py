@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Protocol
 
+from . import fastpath
 from .axlsource import AxlIndex, state_file_error_record
 from .backends.base import Backend
 from .backends.none import NoneBackend
@@ -114,7 +115,7 @@ def finalize(
         jobs = opts.jobs if opts.jobs is not None else default_jobs([fd for _, fd in opened])
         if backend.uses_handles:
             if dist is None:
-                handles = collect_handles(opened, legacy=opts.policy.legacy_handles)
+                handles = collect_handles(opened, legacy=opts.policy.legacy_handles, jobs=jobs)
                 if axl is not None:
                     handles |= axl.handles()
                 backend.wait(handles, opts.wait_timeout, log)
@@ -140,7 +141,8 @@ def _dup_roots(opened: list[tuple[bytes, int]]) -> list[tuple[bytes, int]]:
 def collect_handles(
     opened: list[tuple[bytes, int]], *, legacy: bool = False, walker: Walker = walk, jobs: int = 1
 ) -> set[int]:
-    """The transfer handles named by the temporaries below the roots (one read-only pass); with `legacy`,
+    """The transfer handles named by the temporaries below the roots (one read-only pass, with `jobs`
+    workers as the walk after it: on a parallel file system the listing is the cost); with `legacy`,
     those of legacy AXL temporaries too (cleanup must not delete one whose transfer still runs). With an
     MPI `walker`, each rank's share of them."""
     handles: set[int] = set()
@@ -172,16 +174,24 @@ class FinalizeVisitor:
         self.axl = axl
         # A legacy temporary is never deleted while a state file that may name it could not be read.
         self.legacy_refused = "a state file given could not be read and may name it" if axl and axl.errors else None
+        # A plain acting finalize (no AXL state files) settles the common case in the native core
+        # (fastpath); the walk then leaves those names unparsed (`Listing.raw`) and the engine gets what
+        # the core gives back.
+        self.native = None if axl is not None else fastpath.settler(settings, sink)
+        self.raw_names = self.native is not None
 
     def visit(self, listing: Listing) -> bool:
         pending = committed = False
+        entries = listing.entries
+        if listing.raw and self.native is not None:
+            entries, committed = self.native.settle(listing)
         clashes = listing.clashes  # over the whole directory, also when it comes in chunks
         prefix = os.path.join(listing.path, b"")  # then one concatenation per entry, not a posixpath.join
         # Looked up once per directory, not once per temporary (issue 6).
         settings, sink, dfd = self.settings, self.sink, listing.fd
         holds, done = self.settings.policy.holds_directory, Outcome.COMMITTED
         axl = None if self.axl is None else self.axl.directory(listing.path)
-        for entry in listing.entries:
+        for entry in entries:
             parsed = entry.parsed
             if isinstance(parsed, DirMarker):
                 continue

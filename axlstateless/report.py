@@ -145,8 +145,12 @@ class Reporter:
         text_filter: Callable[[Record], bool] | None = None,
         log_streams: list[IO[str]] | None = None,
         progress_every: float = 5.0,
+        wants_records: bool = True,
     ) -> None:
         self.summary = Summary(command, dry_run=dry_run)
+        #: False when committed temporaries may be reported through `count` instead of one Record each
+        #: (no --json, --report or -v): a million records built only to be counted are waste.
+        self.wants_records = wants_records
         self.text_format: Callable[[Record], str] = Record.to_text
         self._json = json_streams or []
         self._text = text_stream
@@ -171,12 +175,19 @@ class Reporter:
                     stream.write(line)
             if self._text is not None and (self._text_filter is None or self._text_filter(record)):
                 self._text.write(self.text_format(record) + "\n")
-            if time.monotonic() >= self._next_progress:
-                self._next_progress = time.monotonic() + self._every
-                counts = ", ".join(f"{n} {o.value}" for o, n in self.summary.counts.items() if n)
-                self._log_locked(
-                    f"{self.summary.command}: {sum(self.summary.counts.values())} settled so far ({counts})"
-                )
+            self._progress_locked()
+
+    def count(self, outcome: Outcome, n: int) -> None:
+        """Report `n` temporaries that ended in `outcome` without a Record each (see `wants_records`)."""
+        with self._lock:
+            self.summary.counts[outcome] += n
+            self._progress_locked()
+
+    def _progress_locked(self) -> None:
+        if time.monotonic() >= self._next_progress:
+            self._next_progress = time.monotonic() + self._every
+            counts = ", ".join(f"{n} {o.value}" for o, n in self.summary.counts.items() if n)
+            self._log_locked(f"{self.summary.command}: {sum(self.summary.counts.values())} settled so far ({counts})")
 
     def log(self, message: str) -> None:
         """A progress or diagnostic line: to the log streams (stderr) and, as {"log": ...}, to the report

@@ -66,9 +66,17 @@ class Listing:
     #: Final names claimed by more than one file temporary in the whole directory, with their count.
     clashes: dict[bytes, int] = field(default_factory=dict)
     streamed: bool = False
+    #: Only when the visitor asks for them (`raw_names`): names of regular files (by the listing's type)
+    #: that carry the marker, not parsed, none a directory marker or sharing its final part with another
+    #: name. Parsing costs 2 us a name in Python; the native core parses these itself and only what it
+    #: gives back is parsed here (`entries` then holds the rest, parsed as always).
+    raw: list[bytes] = field(default_factory=list)
 
 
 class Visitor(Protocol):
+    # Optional: ``raw_names = True`` asks for listings whose common entries are left unparsed in
+    # `Listing.raw` (see there); without it every entry is parsed into `Listing.entries`.
+
     def visit(self, listing: Listing) -> bool:
         """Handle a directory's own entries (not its markers); True when something was left pending.
 
@@ -109,7 +117,9 @@ def open_roots(roots: Sequence[AnyPath]) -> list[tuple[bytes, int]]:
     return opened
 
 
-def list_directory(fd: int, path: bytes) -> Listing:
+def list_directory(fd: int, path: bytes, *, raw: bool = False) -> Listing:
+    """One directory's subdirectories and marker-carrying entries (all of them, or for a streamed
+    directory its markers only); with `raw`, regular files' names go unparsed to `Listing.raw`."""
     listing = Listing(fd, path)
     # One machine word per temporary for the whole directory: the hash of what precedes the marker,
     # from which clashes are found without holding every entry.
@@ -138,6 +148,9 @@ def list_directory(fd: int, path: bytes) -> Listing:
             if de.is_dir(follow_symlinks=False):
                 listing.subdirs.append(os.fsencode(name))
     if not listing.streamed:
+        if raw:
+            _split_raw(listing, held)
+            return listing
         for name, dtype in held:
             bname = name.encode(_FS_ENCODING, _FS_ERRORS)
             if (parsed := nameformat.parse(bname)) is not None:
@@ -146,6 +159,30 @@ def list_directory(fd: int, path: bytes) -> Listing:
     else:
         listing.clashes = _streamed_clashes(fd, prefixes)
     return listing
+
+
+def _split_raw(listing: Listing, held: list[tuple[str, str]]) -> None:
+    # Two names with the same part before the last marker may be two temporaries for one final name:
+    # those are parsed here, with every name that is not a plain regular file, so that clashes are
+    # counted exactly and the native core only ever sees names that cannot clash.
+    seen: set[str] = set()
+    twice: set[str] = set()
+    for name, _ in held:
+        prefix = name[: name.rfind(_MARKER_STR)]
+        if prefix in seen:
+            twice.add(prefix)
+        seen.add(prefix)
+    for name, dtype in held:
+        bname = name.encode(_FS_ENCODING, _FS_ERRORS)
+        if (
+            dtype == "file"
+            and _DIR_MARKER_STR not in name
+            and (not twice or name[: name.rfind(_MARKER_STR)] not in twice)
+        ):
+            listing.raw.append(bname)
+        elif (parsed := nameformat.parse(bname)) is not None:
+            listing.entries.append(Entry(bname, parsed, dtype))
+    listing.clashes = clashing_finals(listing.entries)
 
 
 def _add_marker(listing: Listing, name: str, dtype: str) -> None:
@@ -179,11 +216,15 @@ def _streamed_clashes(fd: int, prefixes: array.array[int]) -> dict[bytes, int]:
         )
 
 
-def chunks(listing: Listing) -> Iterator[Listing]:
+def chunks(listing: Listing, *, raw: bool = False) -> Iterator[Listing]:
     """The listing itself, or for a streamed directory, its entries (markers aside) `CHUNK` at a time,
-    read again through the same descriptor; raises OSError if that read fails."""
+    read again through the same descriptor; raises OSError if that read fails. With `raw`, as for
+    `list_directory`."""
     if not listing.streamed:
         yield listing
+        return
+    if raw:
+        yield from _raw_chunks(listing)
         return
     part: list[Entry] = []
     parse = nameformat.parse
@@ -203,6 +244,31 @@ def chunks(listing: Listing) -> Iterator[Listing]:
                         part = []
     if part:
         yield Listing(listing.fd, listing.path, part, [], listing.clashes)
+
+
+def _raw_chunks(listing: Listing) -> Iterator[Listing]:
+    part: list[Entry] = []
+    names: list[bytes] = []
+    clashes, marker = listing.clashes, nameformat.MARKER
+    with os.scandir(listing.fd) as it:
+        for de in it:
+            name = de.name
+            if _MARKER_STR not in name:
+                continue
+            bname = name.encode(_FS_ENCODING, _FS_ERRORS)
+            if (
+                _DIR_MARKER_STR not in name
+                and de.is_file(follow_symlinks=False)
+                and (not clashes or bname[: bname.rfind(marker)] not in clashes)
+            ):
+                names.append(bname)
+            elif (parsed := nameformat.parse(bname)) is not None and not isinstance(parsed, DirMarker):
+                part.append(Entry(bname, parsed, _dtype(de)))
+            if len(part) + len(names) == CHUNK:
+                yield Listing(listing.fd, listing.path, part, [], clashes, raw=names)
+                part, names = [], []
+    if part or names:
+        yield Listing(listing.fd, listing.path, part, [], clashes, raw=names)
 
 
 def _dtype(de: os.DirEntry[str]) -> str:
@@ -230,6 +296,7 @@ class _Node:
 class _Walker:
     def __init__(self, visitor: Visitor, jobs: int, one_file_system: bool) -> None:
         self.visitor = visitor
+        self.raw = bool(getattr(visitor, "raw_names", False))
         self.jobs = max(1, jobs)
         self.one_file_system = one_file_system
         self.stack: list[_Node] = []
@@ -291,14 +358,14 @@ class _Walker:
                 self._done(node)
                 return
         try:
-            node.listing = list_directory(node.fd, node.path)
+            node.listing = list_directory(node.fd, node.path, raw=self.raw)
         except OSError as exc:
             self.visitor.error(node.path, exc)
             node.pending = True
             self._done(node)
             return
         try:
-            for part in chunks(node.listing):
+            for part in chunks(node.listing, raw=self.raw):
                 node.pending |= self.visitor.visit(part)
         except OSError as exc:  # a streamed directory could not be read again: report it, go on below
             self.visitor.error(node.path, exc)

@@ -36,7 +36,7 @@ import pytest
 import xattr
 from conftest import CLI
 
-from axlstateless import AxlError, FinalizeOptions, Outcome, Record, StagePair, finalize, prestage
+from axlstateless import AxlError, FinalizeOptions, Outcome, Record, StagePair, fastpath, finalize, prestage
 
 SOAK = float(os.environ.get("AXL_SOAK", "1"))
 MODES = [0o644, 0o600, 0o444, 0o400, 0o755, 0o640, 0o750]
@@ -322,9 +322,13 @@ CALLS = [
 ]
 
 
+NATIVE = "native:"
+
+
 class Faults:
     """Wraps the `os` (and xattr) functions the engine calls: counts them, and makes the `fail_at`-th call
-    of kind `kind` raise EIO."""
+    of kind `kind` raise EIO. On the native path the native core's own calls are counted and failed the
+    same way, as kinds ``native:<call>`` (its test hook, `_fastcore.inject`)."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch, kind: str | None = None, fail_at: int = -1) -> None:
         self.counts: Counter[str] = Counter()
@@ -332,6 +336,21 @@ class Faults:
         for name in CALLS:
             owner, attr = _os_target(name)
             monkeypatch.setattr(owner, attr, self._wrap(name, getattr(owner, attr)))
+        self.native = fastpath.NATIVE
+        if self.native:
+            native_kind = kind.removeprefix(NATIVE) if kind and kind.startswith(NATIVE) else None
+            fastpath.inject(native_kind, fail_at)
+
+    def collect(self) -> None:
+        """Add the native core's calls since this object was made (and clear its fault)."""
+        if self.native:
+            calls = fastpath.counters()
+            fastpath.inject(None, -1)
+            for name, n in calls.items():
+                if name != "settled":
+                    self.counts[NATIVE + name] += n
+            if self.kind and self.kind.startswith(NATIVE):
+                self.fired = calls[self.kind.removeprefix(NATIVE)] > self.fail_at
 
     def _wrap(self, name: str, real: Callable[..., Any]) -> Callable[..., Any]:
         def call(*args: Any, **kwargs: Any) -> Any:
@@ -361,12 +380,15 @@ def test_each_system_call_fails_once_at_every_position(tmp_path: Path) -> None:
         with pytest.MonkeyPatch.context() as mp:
             counter = Faults(mp)
             baseline = _finalize(template / "dst", fsync=fsync)
-        counts.update((k, n) for k, n in counter.counts.items() if (k == "fsync") == fsync)
-    assert {k for k, n in counts.items() if n} >= {"open", "fstat", "stat", "fchmod", "utime", "rename", "unlink"}
+            counter.collect()
+        counts.update((k, n) for k, n in counter.counts.items() if (k.removeprefix(NATIVE) == "fsync") == fsync)
+    made = {k.removeprefix(NATIVE) for k, n in counts.items() if n}
+    assert made >= {"open", "fstat", "stat", "fchmod", "utime", "rename", "unlink"}
+    assert any(k.startswith(NATIVE) for k in counts) == fastpath.NATIVE
     assert all(r.outcome in (Outcome.COMMITTED, Outcome.ABORTED) for r in baseline)
     runs = 0
-    for kind in CALLS:
-        for position in range(counts.get(kind, 0)):
+    for kind in sorted(counts):
+        for position in range(counts[kind]):
             base = tmp_path / f"{kind}-{position}"
             shutil.rmtree(base, ignore_errors=True)
             base.mkdir()
@@ -385,6 +407,8 @@ def test_each_system_call_fails_once_at_every_position(tmp_path: Path) -> None:
                         tb = tb.tb_next
                     where = f"{tb.tb_frame.f_code.co_filename}:{tb.tb_lineno}" if tb else "?"
                     pytest.fail(f"{kind} failing at call {position} escaped finalize from {where}: {exc}")
+                finally:
+                    faults.collect()
             assert faults.fired, (kind, position)
             paths = Counter(r.path for r in records)
             assert all(n == 1 for n in paths.values()), (kind, position, paths.most_common(2))

@@ -206,16 +206,18 @@ def test_directory_swapped_for_symlink_before_commit(
     d = root / "d"
     d.mkdir()
     forge(d, "f", b"mine\n")
-    original = finalize_mod.settle_file
+    original = finalize_mod.FinalizeVisitor.visit
     swapped: list[bool] = []
 
-    def swap_then_settle(*args: Any, **kwargs: Any) -> Record:
-        if not swapped:
+    # Hooked where both paths pass, after the listing and before any temporary is opened (the native
+    # core settles this one without calling settle_file).
+    def swap_then_settle(self: finalize_mod.FinalizeVisitor, listing: walk_mod.Listing) -> bool:
+        if not swapped and listing.path == os.fsencode(d):
             _swap_for_symlink(d, outside.path)
             swapped.append(True)
-        return original(*args, **kwargs)
+        return original(self, listing)
 
-    monkeypatch.setattr(finalize_mod, "settle_file", swap_then_settle)
+    monkeypatch.setattr(finalize_mod.FinalizeVisitor, "visit", swap_then_settle)
     outside.seal()
     records = settle(root)
     assert swapped
@@ -233,8 +235,8 @@ def test_directory_swapped_for_symlink_before_descent(
     forge(d, "f", b"mine\n")
     original = walk_mod.list_directory
 
-    def list_then_swap(fd: int, path: bytes) -> walk_mod.Listing:
-        listing = original(fd, path)
+    def list_then_swap(fd: int, path: bytes, **kwargs: Any) -> walk_mod.Listing:
+        listing = original(fd, path, **kwargs)
         if path == os.fsencode(root):
             _swap_for_symlink(d, outside.path)
         return listing
@@ -352,17 +354,18 @@ def test_file_swapped_for_special_file_after_listing(
     if kind == "device" and not is_root:
         pytest.skip("mknod of a device needs root")
     temp = forge(root, "f", b"")
-    original = finalize_mod.settle_file
+    original = finalize_mod.FinalizeVisitor.visit
 
-    def swap_then_settle(*args: Any, **kwargs: Any) -> Record:
+    # After the listing, before the open, on both paths (the native core opens this one itself).
+    def swap_then_settle(self: finalize_mod.FinalizeVisitor, listing: walk_mod.Listing) -> bool:
         temp.unlink()
         if kind == "symlink":
             temp.symlink_to(outside / "secret")
         else:
             _special_files(root)[kind](temp)
-        return original(*args, **kwargs)
+        return original(self, listing)
 
-    monkeypatch.setattr(finalize_mod, "settle_file", swap_then_settle)
+    monkeypatch.setattr(finalize_mod.FinalizeVisitor, "visit", swap_then_settle)
     outside.seal()
     records = settle(root)
     assert [r.outcome for r in records] == [Outcome.LEFT]

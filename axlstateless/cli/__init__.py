@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from axlstateless import __version__
+from axlstateless import __version__, fastpath
 from axlstateless.errors import EXIT_USAGE, AxlError
 
 from . import cleanup, demo, finalize, prestage, status
@@ -16,7 +16,7 @@ from .options import fail
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
-@click.version_option(__version__, prog_name="axl-stateless")
+@click.version_option(__version__, prog_name="axl-stateless", message=f"%(prog)s %(version)s, {fastpath.PATH}")
 def cli() -> None:
     """Finish burst-buffer file transfers without a state file.
 

@@ -233,6 +233,7 @@ def reporter(
             if verbose
             else (lambda r: r.outcome is not Outcome.COMMITTED and not (routine is not None and routine(r))),
             log_streams=log_streams,
+            wants_records=as_json or bool(report) or verbose,
         )
         try:
             yield reporter

@@ -15,8 +15,9 @@ EXAMPLES=${EXAMPLES:-50000}
 SOAK=${SOAK:-10}
 RUNS=${RUNS:-2000000}
 
-echo "== name parser: hypothesis, $EXAMPLES examples per property"
-AXL_FUZZ_EXAMPLES=$EXAMPLES python -m pytest -q -p no:cacheprovider --timeout=0 tests/test_fuzz_names.py
+echo "== name parsers (Python, and C against Python): hypothesis, $EXAMPLES examples per property"
+AXL_FUZZ_EXAMPLES=$EXAMPLES python -m pytest -q -p no:cacheprovider --timeout=0 tests/test_fuzz_names.py \
+    tests/test_fastpath.py::test_native_parser_agrees_with_python
 
 echo "== bbcmd reply parser: hypothesis, $EXAMPLES examples"
 python tools/fuzz/hypothesis_bbcmd_reply.py "$EXAMPLES"
@@ -34,6 +35,12 @@ if python -c "import atheris" 2>/dev/null; then
     trap 'rm -rf "$corpus"' EXIT
     cp -r tools/fuzz/seeds/names tools/fuzz/seeds/bbcmd tools/fuzz/seeds/kvtree "$corpus"/
     python tools/fuzz/atheris_names.py -atheris_runs="$RUNS" "$corpus/names"
+    if python -c "import axlstateless._fastcore" 2>/dev/null; then
+        cp -r tools/fuzz/seeds/names "$corpus/native"
+        python tools/fuzz/atheris_native.py -atheris_runs="$RUNS" "$corpus/native"
+    else
+        echo "== native core not built: its parser's agreement fuzzing skipped"
+    fi
     python tools/fuzz/atheris_bbcmd_reply.py -atheris_runs="$RUNS" -max_len=4096 "$corpus/bbcmd"
     python tools/fuzz/atheris_kvtree.py -atheris_runs="$RUNS" -max_len=8192 "$corpus/kvtree"
 else

@@ -1,0 +1,16 @@
+# The native accelerator (axlstateless/_fastcore.c); loaded through axlstateless.fastpath only.
+from collections.abc import Callable, Sequence
+
+def settle(
+    dfd: int,
+    names: Sequence[bytes],
+    cache: dict[int | None, bool],
+    judge: Callable[[int | None], bool],
+    euid: int,
+    fsync: bool,
+    /,
+) -> tuple[bytes, dict[int, int]]: ...
+def classify(name: bytes, /) -> int: ...
+def parse_file(name: bytes, /) -> tuple[bytes, int, int, int, int | None] | None: ...
+def counters() -> dict[str, int]: ...
+def inject(kind: str | None, at: int, /) -> None: ...
