@@ -153,6 +153,34 @@ def check_done(root: Path, run: Run, what: str) -> None:
         raise SystemExit(f"{what}: exit {run.exit_code}, {left} temporaries left\n{run.stderr}")
 
 
+def shell_seconds_per_file(parent: Path, subset: int) -> float:
+    """Seconds per file of a hand-written post-stage: chmod, touch, mv per temporary."""
+    with scratch(parent) as root:
+        make_tree(root, subset, dirs=1, xattrs=False)
+        d = root / "timestep.0"
+        script = ["set -e"]
+        for r in range(subset):
+            tmp = TempName(b"data.%d" % r, MODE, size_of(r), MTIME_NS).encode().decode()
+            sec, ns = divmod(MTIME_NS, 10**9)
+            t = f"'{d}/{tmp}'"
+            script.append(f"chmod {MODE:o} {t}; touch -m -d @{sec}.{ns:09d} {t}; mv -f {t} '{d}/data.{r}'")
+        path = root / "poststage.sh"
+        path.write_text("\n".join(script) + "\n")
+        run = timed(["bash", str(path)])
+        assert run.exit_code == 0, run.stderr
+        assert temporaries_left(root) == 0
+        return run.seconds / subset
+
+
+def latfs_command(given: str | None) -> str:
+    """The latfs command (a parallel-file-system model, not part of this repository): --latfs or
+    $AXL_LATFS."""
+    tool = given or os.environ.get("AXL_LATFS")
+    if not tool:
+        raise SystemExit("latfs not given: pass --latfs PATH or set AXL_LATFS")
+    return tool
+
+
 def pyfloor_argv(root: Path) -> list[str]:
     return [sys.executable, str(HERE / "pyfloor.py"), str(root)]
 

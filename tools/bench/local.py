@@ -67,21 +67,7 @@ def one_size(fs: str, parent: Path, n: int, jobs: list[int], floor: Path, repeat
 
 def shell_loop(parent: Path, subset: int) -> float:
     """Seconds per file of a hand-written post-stage: chmod, touch, mv per temporary."""
-    with b.scratch(parent) as root:
-        b.make_tree(root, subset, dirs=1, xattrs=False)
-        d = root / "timestep.0"
-        script = ["set -e"]
-        for r in range(subset):
-            tmp = b.TempName(b"data.%d" % r, b.MODE, b.size_of(r), b.MTIME_NS).encode().decode()
-            sec, ns = divmod(b.MTIME_NS, 10**9)
-            t = f"'{d}/{tmp}'"
-            script.append(f"chmod {b.MODE:o} {t}; touch -m -d @{sec}.{ns:09d} {t}; mv -f {t} '{d}/data.{r}'")
-        path = root / "poststage.sh"
-        path.write_text("\n".join(script) + "\n")
-        run = b.timed(["bash", str(path)])
-        assert run.exit_code == 0, run.stderr
-        assert b.temporaries_left(root) == 0
-        return run.seconds / subset
+    return b.shell_seconds_per_file(parent, subset)
 
 
 def per_rank(parent: Path, floor: Path, ranks: int, dirs: int = 16) -> float:

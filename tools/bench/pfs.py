@@ -5,9 +5,10 @@ calls in flight at once. Compares --jobs 1, 4, 16, 32 with the single-threaded C
     python tools/bench/pfs.py --sizes 2000,16000     # up to 16,000 (adds ~10 minutes)
     python tools/bench/pfs.py --latency 1000         # a slower PFS
 
-Needs root and /dev/fuse: it mounts ../shared/tools/latfs (which installs fuse3 on first use) over /
-and works below it. The tree is created and reset on the backing disk directly (not through latfs), so
-only the measured runs pay the latency.
+Needs root and /dev/fuse: it mounts latfs (a model of a parallel file system that is not part of this
+repository: give its command with --latfs or $AXL_LATFS) over / and works below it. The tree is
+created and reset on the backing disk directly (not through latfs), so only the measured runs pay the
+latency.
 """
 
 from __future__ import annotations
@@ -24,14 +25,6 @@ import benchlib as b
 TARGET_J16 = 6.0  # --jobs 16 at least 6x faster than the floor on latfs at 200 us (issue 6)
 
 
-def latfs_tool() -> Path:
-    here = b.HERE
-    for candidate in (here.parents[2] / "shared" / "tools" / "latfs", here.parents[1] / "shared" / "tools" / "latfs"):
-        if candidate.exists():
-            return candidate
-    raise SystemExit("latfs not found: pass --latfs PATH")
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="2000")
@@ -39,9 +32,9 @@ def main() -> None:
     ap.add_argument("--latency", type=int, default=200, help="microseconds per file-system call")
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--disk", type=Path, default=Path("/var/tmp"))  # noqa: S108 - the backing disk
-    ap.add_argument("--latfs", type=Path, default=None)
+    ap.add_argument("--latfs", default=None, help="the latfs command [$AXL_LATFS]")
     args = ap.parse_args()
-    tool = args.latfs or latfs_tool()
+    tool = b.latfs_command(args.latfs)
     sizes = [int(s) for s in args.sizes.split(",")]
     jobs = [int(j) for j in args.jobs.split(",")]
     mnt = Path(tempfile.mkdtemp(prefix="axlbench-latfs."))
