@@ -128,13 +128,19 @@ static int mode_digits(const char **p, const char *end, unsigned *mode)
 
 static enum kind classify(const char *s, size_t n, struct tempname *tn);
 
-/* nameformat.final_problem: not empty, ".", "..", no '/' or NUL, and not itself parsed as ours. Recursion
-   is bounded: each level is at least MARKER_LEN shorter, below NAME_MAX_BYTES. */
-static int final_ok(const char *f, size_t n)
+/* Any name: not empty, ".", "..", no '/' or NUL. */
+static int name_ok(const char *f, size_t n)
 {
     if (n == 0 || (n == 1 && f[0] == '.') || (n == 2 && f[0] == '.' && f[1] == '.'))
         return 0;
-    if (memchr(f, '/', n) || memchr(f, '\0', n))
+    return !memchr(f, '/', n) && !memchr(f, '\0', n);
+}
+
+/* nameformat.final_problem: the final part of one of ours must not itself parse as anything. Recursion is
+   bounded: each level is at least MARKER_LEN shorter, below NAME_MAX_BYTES. */
+static int final_ok(const char *f, size_t n)
+{
+    if (!name_ok(f, n))
         return 0;
     enum kind inner = classify(f, n, NULL);
     return inner == K_NONE || inner == K_UNRECOGNISED;
@@ -147,13 +153,18 @@ static enum kind classify(const char *s, size_t n, struct tempname *tn)
         return K_NONE;
     if (n > NAME_MAX_BYTES)
         return K_UNRECOGNISED;
-    if (!final_ok(s, (size_t)(at - s)))
-        return K_UNRECOGNISED;
-    const char *p = at + MARKER_LEN, *end = s + n;
+    const char *p = at + MARKER_LEN, *end = s + n, *q = p;
     unsigned mode;
     int in_range;
     int64_t mtime;
-    u128 v;
+    u128 v = 0;
+    /* Legacy AXL: nothing or up to 20 digits (leading zeros allowed: AXL's own printf), a uint64. The
+       final is whatever precedes the last marker, as AXL itself splits a name. */
+    digits(&q, end, 20, &v);
+    if (q == end)
+        return name_ok(s, (size_t)(at - s)) && v < LIMIT64 ? K_LEGACY : K_UNRECOGNISED;
+    if (!final_ok(s, (size_t)(at - s)))
+        return K_UNRECOGNISED;
     if (literal(&p, end, ".v1.m")) {
         u128 size, handle = 0;
         int has_handle = 0;
@@ -183,12 +194,7 @@ static enum kind classify(const char *s, size_t n, struct tempname *tn)
             return K_UNRECOGNISED;
         return K_DIR;
     }
-    /* Legacy AXL: up to 20 digits, leading zeros allowed (AXL's own printf), value a uint64. */
-    size_t nd = digits(&p, end, 20, &v);
-    (void)nd;
-    if (p != end || v >= LIMIT64)
-        return K_UNRECOGNISED;
-    return K_LEGACY;
+    return K_UNRECOGNISED;
 }
 
 /* ---- fault injection, for tests/test_crash.py: the n-th call of one kind fails with EIO ---- */
