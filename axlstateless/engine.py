@@ -176,13 +176,50 @@ def _commit(
     os.utime(target, ns=(atime_ns, st.st_mtime_ns if exp.mtime_ns is None else exp.mtime_ns))
     if settings.fsync and not via_path:
         os.fsync(fd)
+    # Linux renames by name only: the name checked through the descriptor may have been swapped since it was
+    # opened (a pre-stage rerun unlinks and recreates it), and the rename would then put the newcomer, say
+    # an empty file, under the final name. So the name is checked to be the verified inode right before
+    # the rename, and the final name right after it (docs/security.md: the window that remains).
     try:
-        os.rename(name, exp.final, src_dir_fd=dfd, dst_dir_fd=dfd)
+        if not _same_file(os.stat(name, dir_fd=dfd, follow_symlinks=False), st):
+            return record(Outcome.LEFT, _REPLACED + "; not committed, rerun to judge the new one")
+    except FileNotFoundError:
+        return record(Outcome.SKIPPED, "vanished before the rename: done by another process")
+    try:
+        _renameat(dfd, name, exp.final)
     except FileNotFoundError:
         return record(Outcome.SKIPPED, "vanished before the rename: done by another process")
     except IsADirectoryError:
         return record(Outcome.LEFT, "the final name is a directory")
+    if not _same_file(os.stat(exp.final, dir_fd=dfd, follow_symlinks=False), st):
+        return record(Outcome.LEFT, _REPLACED + "; " + _put_back(dfd, name, exp.final))
     return record(Outcome.COMMITTED, reason)
+
+
+_REPLACED: Final = "the temporary's name was replaced by another file between the checks and the rename"
+
+
+def _renameat(dfd: int, src: bytes, dst: bytes) -> None:
+    """``renameat`` within one directory (a function of its own: the race tests interpose here)."""
+    os.rename(src, dst, src_dir_fd=dfd, dst_dir_fd=dfd)
+
+
+def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
+    return a.st_ino == b.st_ino and a.st_dev == b.st_dev
+
+
+def _put_back(dfd: int, name: bytes, final: bytes) -> str:
+    """The rename moved a file that was not the one verified: move it back under the temporary's name
+    (unless that name was taken again meanwhile), so no unverified file stays under the final name."""
+    try:
+        os.stat(name, dir_fd=dfd, follow_symlinks=False)
+    except FileNotFoundError:
+        try:
+            os.rename(final, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+        except OSError as exc:
+            return f"it is under the final name and could not be moved back: {exc.strerror}"
+        return "it was moved back to the temporary's name, rerun to judge it"
+    return "it is under the final name, and the temporary's name is taken again: look at both"
 
 
 def settle_dir_marker(
@@ -197,7 +234,7 @@ def settle_dir_marker(
     policy = settings.policy
     seen = Seen()
 
-    def record(outcome: Outcome, reason: str) -> Record:
+    def record(outcome: Outcome, reason: str, *, in_progress: bool = False) -> Record:
         return Record(
             path=path,
             kind=Kind.DIR,
@@ -206,11 +243,15 @@ def settle_dir_marker(
             final=final,
             mode=dm.mode,
             mtime_ns=dm.mtime_ns,
+            in_progress=in_progress,
             extra=policy.annotate(Kind.DIR, outcome, seen),
         )
 
     if pending_below:
-        return record(*policy.marker_waits(seen))
+        outcome, reason = policy.marker_waits(seen)
+        # It waits on what is below it, which is reported on its own (left for a reason, exit 4, or in
+        # transfer, exit 3): counted as waiting on transfers, so that it never turns a 3 into a 4.
+        return record(outcome, reason, in_progress=outcome is Outcome.LEFT)
     try:
         mfd = os.open(name, _PATH_FLAGS, dir_fd=dfd)
     except FileNotFoundError:
@@ -241,8 +282,8 @@ def settle_dir_marker(
                 return record(Outcome.LEFT, f"marker cannot be removed: {exc.strerror}")
         return record(Outcome.ABORTED, "the directory no longer exists")
     except OSError as exc:
-        reason = "is a symbolic link" if exc.errno == errno.ELOOP else exc.strerror
-        return record(Outcome.LEFT, f"directory cannot be opened: {reason}")
+        why = "is a symbolic link" if exc.errno == errno.ELOOP else exc.strerror
+        return record(Outcome.LEFT, f"directory cannot be opened: {why}")
     try:
         st = os.fstat(fd)
         if settings.euid not in {0, st.st_uid}:
@@ -304,8 +345,8 @@ def settle_legacy(
         return record(Outcome.LEFT, f"{refused}: refused")
     if transfer is not None and transfer.state is TransferState.IN_PROGRESS:
         seen.age_ns = _age_by_name(dfd, name, policy)
-        outcome, reason, _ = policy.in_transfer(seen)
-        return record(outcome, reason)
+        outcome, reason, in_progress = policy.in_transfer(seen)
+        return record(outcome, reason, in_progress=in_progress)
     opened = _open_and_check(dfd, name, settings, seen, record, None, NAME_SOURCE)
     if isinstance(opened, Record):
         return opened

@@ -35,13 +35,14 @@ class Kind(enum.Enum):
     UNRECOGNISED = "unrecognised"
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, kw_only=True)
 class Record:
     """What happened (or, in a dry run or `status`, would happen) to one temporary.
 
-    Treat it as read-only once made (`dataclasses.replace` makes a changed copy). It is not frozen: a
-    frozen dataclass sets each of its 12 fields through ``object.__setattr__``, 2.3 us a record against
-    0.6 us, one record per temporary (issue 6).
+    Built by keyword only: several fields share a type, and a reordered positional call would mislabel
+    records silently. Treat it as read-only once made (`dataclasses.replace` makes a changed copy). It is
+    not frozen: a frozen dataclass sets each of its 12 fields through ``object.__setattr__``, 2.3 us a
+    record against 0.6 us, one record per temporary (docs/performance.md).
     """
 
     path: bytes

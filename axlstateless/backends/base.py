@@ -21,7 +21,8 @@ class TransferState(enum.Enum):
     IN_PROGRESS = "in-progress"  # still moving data (or not started): do not touch the temporary
     SUCCEEDED = "succeeded"  # fully succeeded: commit if the size verifies
     FAILED = "failed"  # failed, canceled, stopped or partial: abort
-    UNKNOWN = "unknown"  # no status for it (no handle, or the BB does not know it): verification alone
+    UNKNOWN = "unknown"  # no status for it (no handle, or the BB does not know it): verification alone, noted
+    OVER = "over"  # the backend tracks no transfers (`none`): the copy is over, verification alone decides
 
 
 @dataclass(frozen=True, slots=True)

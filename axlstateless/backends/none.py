@@ -6,7 +6,7 @@ from typing import ClassVar
 
 from .base import Backend, TransferState, TransferStatus
 
-_OVER = TransferStatus(TransferState.UNKNOWN, "no transfer status (backend none): judged by verification alone")
+_OVER = TransferStatus(TransferState.OVER, "no transfer status (backend none): judged by verification alone")
 
 
 class NoneBackend(Backend):
