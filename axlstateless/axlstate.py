@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from . import kvtree
-from .errors import KVTreeError, StateFileError, UsageError
+from .errors import KVTreeError, NotAxlStateError, StateFileError, UsageError
 
 __all__ = [
     "AXL_EXTENSION",
@@ -250,8 +250,13 @@ def parse_state(path: bytes, data: bytes) -> AxlTransfer:
         raise StateFileError(path, "empty state file (AXL leaves one when killed while rewriting it)")
     try:
         tree = kvtree.loads(data)
-        if b"TYPE" not in tree or b"STATE" not in tree:
-            raise KVTreeError("a kvtree but not an AXL state file (no TYPE or STATE)")
+    except KVTreeError as exc:
+        raise StateFileError(path, exc.reason) from None
+    # AXL_Create sets TYPE and STATE before the first write of the file, so every whole AXL state
+    # file has them.
+    if b"TYPE" not in tree or b"STATE" not in tree:
+        raise NotAxlStateError(path, "a kvtree file but not an AXL state file (no TYPE or STATE)")
+    try:
         top = _values(tree, _TOP_KEYS, None)
         files = tree.get(b"FILE", {})
         return AxlTransfer(
@@ -327,9 +332,12 @@ def find_state_files(
     A path that is not a directory is yielded as it is (a state file the user named: reading it says
     whether it is one). A directory is opened as named and searched recursively through directory
     file descriptors, never through a symlink; a regular file below it is yielded when its first bytes
-    carry the kvtree magic (AXL gives state files no naming rule). A directory below that cannot be
-    opened or listed is passed to `on_error` as a `StateFileError` (raised when `on_error` is None);
-    a path that does not exist is a `UsageError`.
+    carry the kvtree magic, or are the start of it (AXL gives state files no naming rule). Other
+    programs' kvtree files are yielded too; reading one raises `NotAxlStateError`. Not found by the
+    search: an empty file (AXL leaves one when killed while rewriting its state file, but nothing
+    tells it from any other empty file; name it to have it reported) and a file the caller cannot
+    open. A directory below that cannot be opened or listed is passed to `on_error` as a
+    `StateFileError` (raised when `on_error` is None); a path that does not exist is a `UsageError`.
     """
     for path in paths:
         bpath = os.fsencode(path)
@@ -388,15 +396,20 @@ def _is_file(de: os.DirEntry[str]) -> bool:
 
 
 def _has_magic(dir_fd: int, name: bytes) -> bool:
-    """True if `name` is a regular file (not through a symlink) whose first bytes are a kvtree's.
+    """True if `name` is a regular file (not through a symlink) whose first bytes are a kvtree's, or
+    of 1 to 7 bytes that begin one (a state file cut short, which reading reports).
 
-    A file that cannot be opened is not reported here: it is not known to be a state file."""
+    An empty file is not: nothing tells AXL's (a kill during its rewrite leaves one) from any other.
+    A file that cannot be opened is not reported here either: it is not known to be a state file."""
     try:
         fd = os.open(name, _OPEN_FLAGS, dir_fd=dir_fd)
     except OSError:
         return False
     try:
-        return stat.S_ISREG(os.fstat(fd).st_mode) and kvtree.is_kvtree(os.pread(fd, 8, 0))
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return False
+        head = os.pread(fd, 8, 0)
+        return bool(head) and kvtree.MAGIC_HEAD.startswith(head)
     except OSError:
         return False
     finally:

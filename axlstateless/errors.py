@@ -7,6 +7,7 @@
     ├── PrestageError(OSError)    4: pre-stage could not create a destination temporary or directory
     ├── WalkError(OSError)        4: a root could not be opened or walked
     ├── StateFileError            4: an AXL state file that cannot be read whole (left as it is)
+    │   └── NotAxlStateError      a whole kvtree file that is not an AXL state file (SCR keeps others)
     ├── KVTreeError(ValueError)   4: bytes that are not one whole, well-formed kvtree file
     └── BackendError              4: the transfer-status backend failed (bbcmd missing, bad reply)
         └── WaitTimeout(TimeoutError)  3: gave up waiting on the burst buffer
@@ -64,6 +65,12 @@ class StateFileError(AxlError):
     """An AXL state file that cannot be read whole: unreadable, truncated, corrupt, or not AXL's.
 
     Nothing it names is committed or deleted on a guess; the rest of the run goes on."""
+
+
+class NotAxlStateError(StateFileError):
+    """A whole, valid kvtree file that is not an AXL state file: it has no TYPE or STATE, which AXL
+    writes from its first write on. Other programs keep kvtree files too (SCR, AXL's caller, keeps
+    many beside AXL's), so a directory search may meet them; a caller may skip them."""
 
 
 class KVTreeError(AxlError, ValueError):

@@ -26,6 +26,7 @@ __all__ = [
     "FLAG_CRC32",
     "HEADER_SIZE",
     "MAGIC",
+    "MAGIC_HEAD",
     "MAX_DEPTH",
     "TYPE_HASH",
     "VERSION_HASH_1",
@@ -51,7 +52,8 @@ KVTree: TypeAlias = dict[bytes, "KVTree"]
 
 _HEAD: Final = struct.Struct(">IHHQI")
 _U32: Final = struct.Struct(">I")
-_MAGIC_BYTES: Final = _HEAD.pack(MAGIC, TYPE_HASH, VERSION_HASH_1, 0, 0)[:8]
+#: The first 8 bytes of every KVTree file: magic, type 1, version 1.
+MAGIC_HEAD: Final = _HEAD.pack(MAGIC, TYPE_HASH, VERSION_HASH_1, 0, 0)[:8]
 #: The smallest element: a NUL (empty key) and an empty child hash (count 0).
 _MIN_ELEMENT: Final = 5
 _COUNT_0: Final = b"\0\0\0\0"
@@ -60,7 +62,7 @@ _COUNT_1: Final = b"\0\0\0\x01"
 
 def is_kvtree(head: bytes) -> bool:
     """True if `head`, the first bytes of a file (at least 8), carry the magic, type 1 and version 1."""
-    return head[:8] == _MAGIC_BYTES
+    return head[:8] == MAGIC_HEAD
 
 
 def loads(data: bytes) -> KVTree:

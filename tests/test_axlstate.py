@@ -31,7 +31,7 @@ from axlstateless.axlstate import (
     read_state_file,
     split_axl_name,
 )
-from axlstateless.errors import KVTreeError, StateFileError, UsageError
+from axlstateless.errors import KVTreeError, NotAxlStateError, StateFileError, UsageError
 from axlstateless.kvtree import KVTree, dumps, loads
 
 # What the fixtures' README says AXL left (STATE, STATUS, TYPE), scenario by scenario.
@@ -269,7 +269,7 @@ def test_only_a_regular_file_is_read_and_never_through_a_symlink(tmp_path: Path)
         read_state_file(big)
     other = tmp_path / "other.kvtree"
     other.write_bytes(dumps({b"SOMETHING": {b"else": {}}}))
-    with pytest.raises(StateFileError, match="not an AXL state file"):
+    with pytest.raises(NotAxlStateError, match="not an AXL state file"):
         read_state_file(other)
 
 
@@ -291,8 +291,11 @@ def test_find_state_files_by_magic_never_through_symlinks(tmp_path: Path) -> Non
     (top / "r0").write_bytes(state)  # no naming rule: recognised by content
     (top / "rank" / "deep" / "er" / "r1.state").write_bytes(state)
     (top / "rank" / "notes.state").write_bytes(b"not a kvtree, only some notes")
-    (top / "rank" / "short").write_bytes(state[:5])
+    (top / "rank" / "short").write_bytes(b"short")
     (top / "rank" / "cut").write_bytes(state[:30])  # the magic, then truncated: reading it says so
+    (top / "rank" / "cut5").write_bytes(state[:5])  # the start of the magic: a state file cut short
+    (top / "rank" / "empty").write_bytes(b"")  # could be anything: not found
+    (top / "rank" / "scr.filemap").write_bytes(dumps({b"RANK": {b"0": {}}}))  # another program's kvtree
     (top / "link.state").symlink_to(top / "r0")
     outside = tmp_path / "outside"
     outside.mkdir()
@@ -303,7 +306,17 @@ def test_find_state_files_by_magic_never_through_symlinks(tmp_path: Path) -> Non
         sock.bind(str(top / "sock"))
         found = list(find_state_files([top]))
     b = os.fsencode(top)
-    assert found == [b + b"/r0", b + b"/rank/cut", b + b"/rank/deep/er/r1.state"]
+    assert found == [
+        b + b"/r0",
+        b + b"/rank/cut",
+        b + b"/rank/cut5",
+        b + b"/rank/deep/er/r1.state",
+        b + b"/rank/scr.filemap",
+    ]
+    with pytest.raises(NotAxlStateError, match="not an AXL state file"):
+        read_state_file(top / "rank" / "scr.filemap")
+    with pytest.raises(StateFileError, match="shorter than"):
+        read_state_file(top / "rank" / "cut5")
     # A file named on its own is yielded as it is: reading it says what it is.
     named = [top / "rank" / "notes.state", top / "link.state", top / "rank" / "deep"]
     assert list(find_state_files(named)) == [
