@@ -5,7 +5,7 @@ name, nor replace the old final with it.
 The swap is made at two points the engine really passes through: right after the open (where it reads
 the temporary's extras), before the identity check that precedes the rename; and inside the rename call
 itself (`engine._renameat`), after that check, which only the check of the final name after the rename
-can catch.
+can catch. These are the Python engine's steps, so the native core (fastpath.py) is set aside here.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import pytest
 from axlstateless import FinalizeOptions, Outcome, Record, TempName, finalize
 
 engine_mod = importlib.import_module("axlstateless.engine")
+fastpath_mod = importlib.import_module("axlstateless.fastpath")
 source_mod = importlib.import_module("axlstateless.source")
 MTIME = 1_500_000_000_000_000_000
 
@@ -35,6 +36,11 @@ def prestage_rerun(path: Path) -> None:
     path.unlink()
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     os.close(fd)
+
+
+@pytest.fixture(autouse=True)
+def python_engine(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fastpath_mod, "settler", lambda settings, sink: None)
 
 
 def run(root: Path) -> list[Record]:
@@ -72,7 +78,7 @@ def test_swap_inside_the_rename_is_undone(tmp_path: Path, monkeypatch: pytest.Mo
     assert record.outcome is Outcome.LEFT and "moved back" in record.reason
     assert not (tmp_path / "data").exists()  # never an unverified (here empty) file under the final name
     assert temp.read_bytes() == b""
-    monkeypatch.undo()
+    monkeypatch.setattr(engine_mod, "_renameat", original)
     # A rerun judges the newcomer on its own: empty where 20 bytes are expected, so it is aborted.
     [again] = run(tmp_path)
     assert again.outcome is Outcome.ABORTED
