@@ -319,8 +319,23 @@ static char settle_open(int dfd, int fd, struct item *it, uid_t euid, int do_fsy
     /* With --fsync, the data and metadata are durable before the final name appears (renameio). */
     if (do_fsync && CALL(C_FSYNC, fsync(fd)) != 0)
         return O_DEFERRED;
+    /* Linux renames by name: the name must still be the inode verified through fd (a pre-stage rerun
+       unlinks and recreates it), right before the rename and, for the two calls between, the final name
+       right after it (engine._commit, docs/security.md). */
+    if (CALL(C_STAT, fstatat(dfd, it->name, &now, AT_SYMLINK_NOFOLLOW)) != 0 || now.st_dev != st.st_dev
+        || now.st_ino != st.st_ino)
+        return O_DEFERRED;
     if (CALL(C_RENAME, renameat(dfd, it->name, dfd, final)) != 0)
         return O_DEFERRED;
+    if (CALL(C_STAT, fstatat(dfd, final, &now, AT_SYMLINK_NOFOLLOW)) != 0 || now.st_dev != st.st_dev
+        || now.st_ino != st.st_ino) {
+        /* Another file went under the final name: back under the temporary's name if that is free, and
+           the engine judges it afresh (it never commits what it did not verify). */
+        struct stat taken;
+        if (fstatat(dfd, it->name, &taken, AT_SYMLINK_NOFOLLOW) != 0 && errno == ENOENT)
+            renameat(dfd, final, dfd, it->name);
+        return O_DEFERRED;
+    }
     return O_COMMITTED;
 }
 
