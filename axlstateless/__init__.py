@@ -15,6 +15,8 @@ from .cleanup import CleanupOptions, cleanup
 from .errors import (
     AxlError,
     BackendError,
+    BackendSetupError,
+    Interrupted,
     KVTreeError,
     NameFormatError,
     NotAxlStateError,
@@ -22,14 +24,13 @@ from .errors import (
     SourceError,
     StateFileError,
     UsageError,
-    WaitTimeout,
     WalkError,
 )
 from .finalize import FinalizeOptions, finalize
 from .nameformat import DirMarker, LegacyName, TempName, Unrecognised, parse
 from .orphan import parse_duration
 from .prestage import PrestageResult, StagedFile, StagePair, expand_sources, prestage, read_pair_list
-from .report import Kind, Outcome, Record, Reporter, Summary
+from .report import Kind, Meter, Outcome, Record, Reporter, Summary
 from .status import status
 
 __all__ = [
@@ -39,12 +40,15 @@ __all__ = [
     "AxlTransfer",
     "Backend",
     "BackendError",
+    "BackendSetupError",
     "CleanupOptions",
     "DirMarker",
     "FinalizeOptions",
+    "Interrupted",
     "KVTreeError",
     "Kind",
     "LegacyName",
+    "Meter",
     "NameFormatError",
     "NoneBackend",
     "NotAxlStateError",
@@ -63,7 +67,6 @@ __all__ = [
     "TransferStatus",
     "Unrecognised",
     "UsageError",
-    "WaitTimeout",
     "WalkError",
     "__version__",
     "cleanup",

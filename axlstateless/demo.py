@@ -23,6 +23,7 @@ from pathlib import Path
 
 from .backends.ibmbb import IbmBBBackend
 from .bbsim.spool import FileEntry, Spool
+from .errors import UsageError
 from .finalize import FinalizeOptions, finalize
 from .prestage import StagePair, prestage
 from .report import Outcome, Record, Reporter
@@ -72,7 +73,14 @@ def run_demo(
     """
     started = time.monotonic()
     rng = random.Random(seed)  # noqa: S311 - a repeatable demo, not cryptography
-    work = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="axl-demo-"))
+    # Absolute: the simulated BB's movers run from /, and the file lists they get name these paths.
+    work = Path(workdir).absolute() if workdir is not None else Path(tempfile.mkdtemp(prefix="axl-demo-"))
+    if workdir is not None:
+        work.mkdir(parents=True, exist_ok=True)
+        if any(work.iterdir()):
+            # An earlier demo's spool already started these very transfers (the same seed, the same
+            # handles), and its read-only checkpoint cannot be overwritten.
+            raise UsageError(str(work), "is not empty (an earlier demo's directory?): give a new or empty --dir")
     bb, pfs, spool_dir = work / "bb", work / "pfs", work / "spool"
     for d in (bb, pfs):
         d.mkdir(parents=True, exist_ok=True)
@@ -102,7 +110,7 @@ def run_demo(
     log("the job ends; the post-stage finalize waits on the BB through bbcmd (the simulator's)")
     bbcmd = _bbcmd_wrapper(work, spool_dir)
     backend = IbmBBBackend(bbcmd=str(bbcmd), jobid=jobid, poll_interval=0.2, max_poll_interval=1.0, report_interval=1.0)
-    reporter = Reporter("finalize", json_streams=[(work / "finalize-report.jsonl").open("w", encoding="utf-8")])
+    reporter = Reporter("finalize", report_streams=[(work / "finalize-report.jsonl").open("w", encoding="utf-8")])
     f_started = time.monotonic()
     finalize([pfs], reporter, FinalizeOptions(backend=backend, jobs=8, wait_timeout=120.0), progress=log)
     summary = reporter.finish()

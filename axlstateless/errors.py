@@ -3,14 +3,15 @@
     AxlError                      exit_code 4 unless a subclass says otherwise
     ├── UsageError(ValueError)    2: bad arguments or input; nothing was changed
     │   ├── NameFormatError       a final name or field the name format cannot express
-    │   └── SourceError(OSError)  a pre-stage source that is missing, unreadable or not a regular file
+    │   ├── SourceError(OSError)  a pre-stage source that is missing, unreadable or not a regular file
+    │   └── BackendSetupError     the backend cannot start (bbcmd not found, no job id); also a BackendError
     ├── PrestageError(OSError)    4: pre-stage could not create a destination temporary or directory
     ├── WalkError(OSError)        4: a root could not be opened or walked
     ├── StateFileError            4: an AXL state file that cannot be read whole (left as it is)
     │   └── NotAxlStateError      a whole kvtree file that is not an AXL state file (SCR keeps others)
     ├── KVTreeError(ValueError)   4: bytes that are not one whole, well-formed kvtree file
-    └── BackendError              4: the transfer-status backend failed (bbcmd missing, bad reply)
-        └── WaitTimeout(TimeoutError)  3: gave up waiting on the burst buffer
+    ├── BackendError              4: the transfer-status backend failed (no usable reply from bbcmd)
+    └── Interrupted               128+N: stopped by signal N at a temporary boundary; a rerun finishes
 
 The CLI turns each into one ``Error: <path>: <reason>`` line and its exit code; the library never
 prints.
@@ -19,19 +20,20 @@ prints.
 from __future__ import annotations
 
 import os
-from typing import ClassVar
+import signal
 
 EXIT_OK = 0
 EXIT_ABORTED = 1
 EXIT_USAGE = 2
 EXIT_TIMEOUT = 3
 EXIT_LEFT = 4
+EXIT_SIGNAL_BASE = 128  # stopped by signal N: 128 + N, as a shell reports a process killed by it
 
 
 class AxlError(Exception):
     """Base of every error axlstateless raises on purpose; carries the path and the reason."""
 
-    exit_code: ClassVar[int] = EXIT_LEFT
+    exit_code: int = EXIT_LEFT
 
     def __init__(self, path: bytes | str | None, reason: str) -> None:
         self.path = os.fsdecode(path) if path is not None else None
@@ -87,7 +89,22 @@ class BackendError(AxlError):
     """The transfer-status backend failed; nothing is committed on a guess."""
 
 
-class WaitTimeout(BackendError, TimeoutError):
-    """Gave up waiting for transfers to end; those still running were left for a rerun."""
+class BackendSetupError(UsageError, BackendError):
+    """The backend cannot start (its command is not found or cannot be parsed, no job id): found before
+    any file is touched, so nothing was changed."""
 
-    exit_code = EXIT_TIMEOUT
+
+class Interrupted(AxlError):
+    """Stopped by a signal (SIGINT, SIGTERM, SIGHUP) between two temporaries: each temporary was either
+    settled or left untouched, and a rerun finishes the work. Exit code 128 + the signal's number."""
+
+    def __init__(self, signum: int, what: str | None = None) -> None:
+        self.signum = signum
+        self.exit_code = EXIT_SIGNAL_BASE + signum
+        try:
+            self.signal_name = signal.Signals(signum).name
+        except ValueError:
+            self.signal_name = f"signal {signum}"
+        super().__init__(
+            what, f"interrupted by {self.signal_name}: stopped between two temporaries; a rerun finishes the work"
+        )

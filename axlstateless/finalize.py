@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Protocol
 
-from . import fastpath
+from . import fastpath, interrupt
 from .axlsource import AxlIndex, state_file_error_record
 from .backends.base import Backend
 from .backends.none import NoneBackend
@@ -184,6 +184,7 @@ class FinalizeVisitor:
         pending = committed = False
         entries = listing.entries
         if listing.raw and self.native is not None:
+            interrupt.check()  # the native core settles a chunk at once: a signal stops between chunks
             entries, committed = self.native.settle(listing)
         clashes = listing.clashes  # over the whole directory, also when it comes in chunks
         prefix = os.path.join(listing.path, b"")  # then one concatenation per entry, not a posixpath.join
@@ -192,6 +193,7 @@ class FinalizeVisitor:
         holds, done = self.settings.policy.holds_directory, Outcome.COMMITTED
         axl = None if self.axl is None else self.axl.directory(listing.path)
         for entry in entries:
+            interrupt.check()  # between two temporaries: a signal never cuts one's settling short
             parsed = entry.parsed
             if isinstance(parsed, DirMarker):
                 continue
@@ -294,9 +296,20 @@ class FinalizeVisitor:
                     continue
                 parsed = parse(bname)
                 if isinstance(parsed, DirMarker) and parsed.final == base:
-                    path = os.path.join(parent, bname)
+                    path = os.path.join(_shown_parent(listing.path, parent), bname)
                     self.sink(settle_dir_marker(pfd, bname, path, parsed, self.settings, pending_below=pending))
         except OSError:
             return
         finally:
             os.close(pfd)
+
+
+def _shown_parent(root: bytes, absolute_parent: bytes) -> bytes:
+    """The root's parent as the user would write it from what they typed (``out`` for ``out/run42``),
+    so that reports name the root's marker like everything else below the root."""
+    typed = os.path.normpath(root)
+    if typed == b".":
+        return b".."
+    if os.path.basename(typed) in (b"", b".."):
+        return absolute_parent
+    return os.path.dirname(typed)

@@ -91,7 +91,3 @@ def read_extras(fd: int, *, with_source: bool = False) -> Extras:
             source = None
         extras = Extras(extras.atime_ns, extras.uid, extras.gid, source)
     return extras
-
-
-def is_root() -> bool:
-    return os.geteuid() == 0

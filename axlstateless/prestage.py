@@ -14,11 +14,11 @@ import contextlib
 import errno
 import os
 import stat
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
-from . import nameformat
+from . import interrupt, nameformat
 from .errors import NameFormatError, PrestageError, SourceError, UsageError
 from .metadata import Extras, write_extras
 from .nameformat import DirMarker, TempName
@@ -90,6 +90,12 @@ def expand_sources(
             continue
         if not recursive:
             raise SourceError(src_b, "is a directory (use -r to pre-stage a directory tree)")
+        real_src, real_target = os.path.realpath(src_b), os.path.realpath(target)
+        if os.path.commonpath([real_src, real_target]) == real_src:
+            # As cp refuses: the walk would meet the copy's own directories and stage them again.
+            raise UsageError(
+                target, f"is inside the source directory {os.fsdecode(src_b)}: cannot copy a directory into itself"
+            )
         for dirpath, dirnames, filenames in os.walk(src_b, followlinks=follow_symlinks, onerror=_walk_error):
             rel = os.path.relpath(dirpath, src_b)
             dest_dir = os.path.normpath(os.path.join(target, rel))
@@ -112,16 +118,24 @@ def read_pair_list(data: bytes, *, nul: bool = False, origin: str = "list") -> l
         if len(fields) % 2:
             raise UsageError(origin, f"{len(fields)} NUL-separated fields: expected SRC and DST pairs")
         pairs = [StagePair(fields[i], fields[i + 1]) for i in range(0, len(fields), 2)]
+        for i, pair in enumerate(pairs, 1):
+            if not pair.source or not pair.final:
+                raise UsageError(origin, f"pair {i}: an empty {'SRC' if not pair.source else 'DST'} field")
     else:
         for number, line in enumerate(data.split(b"\n"), 1):
             if not line.strip():
                 continue
+            if line.endswith(b"\r"):
+                # A file written on Windows: the \r would end up in the final name.
+                raise UsageError(origin, f"line {number}: ends in a carriage return (CRLF line ends): use LF")
             src, tab, dst = line.partition(b"\t")
             if not tab or b"\t" in dst or not src or not dst:
                 raise UsageError(origin, f"line {number}: expected SRC<TAB>DST")
             pairs.append(StagePair(src, dst))
     if not pairs:
         raise UsageError(origin, "no SRC/DST pairs")
+    for pair in pairs:
+        _check_final(pair.final)  # before abspath, which would turn "dir/" into "dir" and "." into a name
     return [StagePair(os.path.abspath(p.source), os.path.abspath(p.final)) for p in pairs]
 
 
@@ -133,6 +147,7 @@ def prestage(
     filelist: bytes | str | None = None,
     dir_sources: dict[bytes, bytes] | None = None,
     dry_run: bool = False,
+    progress: Callable[[int], None] | None = None,
 ) -> PrestageResult:
     """Create one temporary per pair beside its final path and, with `filelist`, write the file list
     ``bbcmd copy --filelist`` takes (``<source> <temporary> 0`` a line).
@@ -142,15 +157,23 @@ def prestage(
     (from `dir_sources`, or the source's ancestor of the same name) get a marker so that finalize gives
     them their source's mode and mtime.
 
-    Raises `SourceError`, `NameFormatError` or `UsageError` (nothing created) and `PrestageError`.
+    `progress` is called with the number of temporaries made so far after each one. Everything (sources,
+    final paths, the names of temporaries and of created directories' markers, the file list's directory)
+    is checked before the first change.
+
+    Raises `SourceError`, `NameFormatError` or `UsageError` (nothing created), `PrestageError`, and
+    `Interrupted` when a signal was noted (`interrupt`; a rerun replaces what was made).
     """
     plans = _plan(pairs, handle, follow_symlinks, filelist is not None)
+    if filelist is not None:
+        _check_filelist(os.fsencode(filelist))
     result = PrestageResult(dry_run=dry_run)
     by_dir: dict[bytes, list[_Plan]] = {}
     for plan in plans:
         by_dir.setdefault(os.path.dirname(plan.final), []).append(plan)
+    _check_directories(by_dir, dir_sources or {})
     for dest_dir, group in by_dir.items():
-        _stage_directory(dest_dir, group, dir_sources or {}, result)
+        _stage_directory(dest_dir, group, dir_sources or {}, result, progress)
     if filelist is not None and not dry_run:
         _write_filelist(os.fsencode(filelist), result.files)
     return result
@@ -160,6 +183,8 @@ def _plan(pairs: Iterable[StagePair], handle: int | None, follow: bool, for_file
     plans: list[_Plan] = []
     seen: set[bytes] = set()
     for pair in pairs:
+        interrupt.check()  # nothing is changed yet: a signal stops the checks as cleanly
+        _check_final(pair.final)
         final = os.path.normpath(os.path.abspath(pair.final))
         if final in seen:
             raise UsageError(final, "named twice as a destination")
@@ -182,7 +207,25 @@ def _plan(pairs: Iterable[StagePair], handle: int | None, follow: bool, for_file
     return plans
 
 
+def _check_final(final: bytes) -> None:
+    """Refuse a final path no commit could ever give: no file name in it, or an existing directory."""
+    if not final or b"\0" in final:
+        raise UsageError(final, "is not a file path (empty, or a NUL byte in it)")
+    if os.path.basename(final) in (b"", b".", b".."):
+        raise UsageError(final, "names a directory, not a file (it ends in '/', '.' or '..')")
+    try:
+        st = os.stat(final, follow_symlinks=False)
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    except OSError as exc:
+        raise UsageError(final, f"cannot be looked at: {exc.strerror}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise UsageError(final, "is an existing directory: a file cannot be committed over it")
+
+
 def _lstat_source(source: bytes, follow: bool) -> os.stat_result:
+    if b"\0" in source:
+        raise SourceError(source.replace(b"\0", b"\\0"), "a NUL byte in the path")
     try:
         return os.stat(source, follow_symlinks=follow)
     except FileNotFoundError:
@@ -203,7 +246,52 @@ def _walk_error(exc: OSError) -> None:
     raise SourceError(exc.filename, exc.strerror or str(exc))
 
 
-def _stage_directory(dest_dir: bytes, group: list[_Plan], dir_sources: dict[bytes, bytes], out: PrestageResult) -> None:
+def _check_filelist(path: bytes) -> None:
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise UsageError(path, "cannot write the file list: its directory does not exist")
+    if os.path.isdir(path):
+        raise UsageError(path, "cannot write the file list: is a directory")
+
+
+def _check_directories(by_dir: dict[bytes, list[_Plan]], dir_sources: dict[bytes, bytes]) -> None:
+    """Find, before the first change, what creating the destination directories would refuse: an
+    ancestor that is not a directory, a marker name the format cannot express (a name too long)."""
+    checked: set[bytes] = set()
+    for dest_dir, group in by_dir.items():
+        path = dest_dir
+        missing: list[bytes] = []
+        while path not in checked and not os.path.lexists(path):
+            head = os.path.dirname(path)
+            if head == path:
+                raise UsageError(dest_dir, "no existing ancestor directory")
+            missing.append(path)
+            path = head
+        if path not in checked and not os.path.isdir(path):
+            raise UsageError(path, "is not a directory")
+        checked.add(path)
+        for created in missing:
+            checked.add(created)
+            src_dir = _source_dir(created, dest_dir, group[0].source, dir_sources)
+            if src_dir is None:
+                continue
+            try:
+                st = os.stat(src_dir)
+            except OSError as exc:
+                raise SourceError(src_dir, exc.strerror or str(exc)) from None
+            try:
+                DirMarker(os.path.basename(created), stat.S_IMODE(st.st_mode), st.st_mtime_ns).encode()
+            except NameFormatError as exc:
+                raise NameFormatError(created, f"cannot be given a directory marker: {exc.reason}") from None
+
+
+def _stage_directory(
+    dest_dir: bytes,
+    group: list[_Plan],
+    dir_sources: dict[bytes, bytes],
+    out: PrestageResult,
+    progress: Callable[[int], None] | None,
+) -> None:
     if out.dry_run:
         if not os.path.isdir(dest_dir):
             out.created_directories.append(dest_dir)
@@ -215,9 +303,12 @@ def _stage_directory(dest_dir: bytes, group: list[_Plan], dir_sources: dict[byte
         finals = {plan.temp.final for plan in group}
         out.replaced += _remove_earlier(dfd, dest_dir, finals)
         for plan in group:
+            interrupt.check()  # between two temporaries; a rerun replaces what was made
             name = plan.temp.encode()
             _create_temporary(dfd, name, plan, out)
             out.files.append(StagedFile(plan.source, os.path.join(dest_dir, name), plan.final))
+            if progress is not None:
+                progress(len(out.files))
     finally:
         os.close(dfd)
 
@@ -331,26 +422,35 @@ def _make_child_dir(parent_fd: int, name: bytes, path: bytes, src_dir: bytes | N
         except FileExistsError:
             created = False  # another rank of the same job made it first
         fd = os.open(name, _DIR_FLAGS | os.O_NOFOLLOW, dir_fd=parent_fd)
-        if not created or src_dir is None:
-            if created:
-                out.created_directories.append(path)
-            return fd
-        out.created_directories.append(path)
-        src = os.stat(src_dir)
-        os.fchmod(fd, (stat.S_IMODE(src.st_mode) & 0o777) | 0o700)
-        _give_owner(fd, src)
-        marker = DirMarker(name, stat.S_IMODE(src.st_mode), src.st_mtime_ns).encode()
-        try:
-            mfd = os.open(marker, _CREATE_FLAGS, _TEMP_MODE, dir_fd=parent_fd)
-        except FileExistsError:
-            return fd
-        try:
-            _give_owner(mfd, src)
-        finally:
-            os.close(mfd)
-        return fd
+    except BaseException:
+        os.close(parent_fd)
+        raise
+    try:
+        if created:
+            out.created_directories.append(path)
+        if created and src_dir is not None:
+            _mark_directory(fd, parent_fd, name, src_dir)
+    except BaseException:
+        os.close(fd)
+        raise
     finally:
         os.close(parent_fd)
+    return fd
+
+
+def _mark_directory(fd: int, parent_fd: int, name: bytes, src_dir: bytes) -> None:
+    src = os.stat(src_dir)
+    os.fchmod(fd, (stat.S_IMODE(src.st_mode) & 0o777) | 0o700)
+    _give_owner(fd, src)
+    marker = DirMarker(name, stat.S_IMODE(src.st_mode), src.st_mtime_ns).encode()
+    try:
+        mfd = os.open(marker, _CREATE_FLAGS, _TEMP_MODE, dir_fd=parent_fd)
+    except FileExistsError:
+        return
+    try:
+        _give_owner(mfd, src)
+    finally:
+        os.close(mfd)
 
 
 def write_filelist(path: bytes | str, files: list[StagedFile]) -> None:

@@ -4,7 +4,7 @@ its age and what cleanup would do to it now."""
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from .backends.base import Backend
@@ -56,6 +56,7 @@ def status(
     now: float | None = None,
     mpi: Distributed | None = None,
     axl_state: Sequence[AnyPath] = (),
+    progress: Callable[[str], None] | None = None,
 ) -> None:
     """Report one `Record` per temporary (and legacy or unrecognised name) with the outcome finalize
     would give it now, and in its ``extra`` the temporary's ``age_seconds`` and ``cleanup``: what
@@ -77,4 +78,4 @@ def status(
         policy=StatusPolicy(policy),
         mpi=mpi,
     )
-    finalize(roots, annotated, options)
+    finalize(roots, annotated, options, progress=progress)

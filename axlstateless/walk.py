@@ -22,7 +22,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Protocol
 
-from . import nameformat
+from . import interrupt, nameformat
 from .errors import UsageError, WalkError
 from .nameformat import DirMarker, Parsed, TempName
 
@@ -332,6 +332,7 @@ class _Walker:
                 node = self.stack.pop()
                 self.active += 1
             try:
+                interrupt.check()  # between two directories (the visitor checks between temporaries)
                 self._visit(node)
             except BaseException as exc:  # a bug or KeyboardInterrupt: stop every worker, re-raise once
                 with self.cond:

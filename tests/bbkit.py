@@ -19,7 +19,7 @@ from axlstateless.bbsim.spool import FileEntry, Spool
 FAKE = Path(__file__).parent / "fakes" / "scripted_bbcmd.py"
 PACKAGE_ROOT = str(Path(axlstateless.__path__[0]).parent)
 ACTIVE = r"--matchstatus=BBNOTSTARTED,BBINPROGRESS "
-#: The failure seen in the field when bbcmd cannot reach bbproxy (ibm-bb.md), verbatim.
+#: The failure seen in the field when bbcmd cannot reach bbproxy (docs/ibm-bb.md), verbatim.
 FIELD_FAILURE: dict[str, Any] = {
     "stdout": {
         "id": "1",

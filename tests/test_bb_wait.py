@@ -234,9 +234,10 @@ def test_bbcmd_failure_is_one_error_line(
 @pytest.mark.parametrize(
     ("bbcmd", "code", "says"),
     [
-        ("{tmp}/missing/bbcmd", EXIT_LEFT, "bbcmd command not found or not executable"),
-        ("no-such-bbcmd-anywhere", EXIT_LEFT, "bbcmd command not found on PATH: no-such-bbcmd-anywhere"),
-        ("", EXIT_LEFT, "the bbcmd command is empty"),
+        ("{tmp}/missing/bbcmd", EXIT_USAGE, "bbcmd command not found or not executable"),
+        ("no-such-bbcmd-anywhere", EXIT_USAGE, "bbcmd command not found on PATH"),
+        ("", EXIT_USAGE, "the bbcmd command is empty"),
+        ('x "y', EXIT_USAGE, "the bbcmd command cannot be split into words: No closing quotation"),
     ],
 )
 def test_missing_bbcmd_is_one_error_line(tmp_path: Path, bbcmd: str, code: int, says: str) -> None:
@@ -244,7 +245,7 @@ def test_missing_bbcmd_is_one_error_line(tmp_path: Path, bbcmd: str, code: int, 
     bbcmd = bbcmd.format(tmp=tmp_path)
     proc = run_cli("finalize", "--backend", "ibmbb", "--bbcmd", bbcmd, "--jobid", "42", tmp_path / "dst")
     assert proc.returncode == code
-    assert proc.stderr.splitlines() == [f"Error: {bbcmd}: {says}" if os.sep in bbcmd else f"Error: {says}"]
+    assert proc.stderr.splitlines() == [f"Error: {bbcmd}: {says}" if bbcmd else f"Error: {says}"]
     assert proc.stdout == ""
     assert temp.exists()
 

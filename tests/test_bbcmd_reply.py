@@ -1,4 +1,4 @@
-"""The bbcmd reply parser: the shapes in ibm-bb.md, and a fuzz that it raises nothing but ReplyError."""
+"""The bbcmd reply parser: the shapes in docs/ibm-bb.md, and a fuzz that it raises nothing but ReplyError."""
 
 from __future__ import annotations
 

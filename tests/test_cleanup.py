@@ -551,10 +551,10 @@ def test_cli_threshold_decides(tmp_path: Path) -> None:
     assert snapshot(tmp_path) == before
     time.sleep(AGED)
     out, _ = invoke("cleanup", tmp_path, "--older-than", TINY, "--dry-run", code=1)
-    assert "would be committed" in out
+    assert "would commit 1" in out
     assert snapshot(tmp_path) == before
     out, _ = invoke("cleanup", tmp_path, "--older-than", TINY, code=1)
-    assert "aborted" in out and "cleanup: 1 committed, 1 aborted" in out
+    assert "aborted" in out and "cleanup: 2 temporaries: 1 committed, 1 aborted" in out
     assert not complete.exists() and (tmp_path / "complete").read_bytes() == b"all"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["complete"]
 

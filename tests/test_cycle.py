@@ -223,7 +223,7 @@ def test_dry_run_and_status_change_nothing(tmp_path: Path) -> None:
     summary = json.loads(out.splitlines()[-1])
     assert (summary["committed"], summary["aborted"], summary["dry_run"]) == (57, 1, True)
     out, _ = invoke("status", dst, code=1)
-    assert "abort" in out and "file.33._AXL" in out and "incomplete: size 10" in out
+    assert "delete" in out and "file.33._AXL" in out and "incomplete: size 10" in out
     assert stat_tree(dst) == snapshot
 
 
@@ -241,7 +241,7 @@ def test_report_file_and_json_lines(tmp_path: Path) -> None:
     lines = [json.loads(line) for line in report.read_text().splitlines() if '"log"' not in line]
     assert [r["outcome"] for r in lines[:-1]] == ["committed"] * 3
     assert lines[-1]["summary"] and lines[-1]["exit_code"] == 0
-    assert "finalize: 3 committed" in proc.stdout
+    assert "finalize: 3 temporaries: 3 committed" in proc.stdout
 
 
 def test_missing_root_is_a_usage_error(tmp_path: Path) -> None:

@@ -222,7 +222,7 @@ def test_job_id_from_the_lsf_environment(scripted: Scripted, monkeypatch: pytest
 def test_bbcmd_lookup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(BackendError, match="not found or not executable"):
         backend(bbcmd=str(tmp_path / "missing" / "bbcmd"))
-    with pytest.raises(BackendError, match="not found on PATH: no-such-bbcmd"):
+    with pytest.raises(BackendError, match="no-such-bbcmd: bbcmd command not found on PATH"):
         backend(bbcmd="no-such-bbcmd")
     if os.path.exists(DEFAULT_BBCMD):
         pytest.skip("this machine has IBM's bbcmd")

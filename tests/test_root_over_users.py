@@ -301,7 +301,7 @@ def test_report_file_planted_by_a_user_is_refused(scratch: Path, planted: str) -
         [*CLI, "finalize", home, "--report", report], capture_output=True, text=True, timeout=60, check=False
     )
     assert "Traceback" not in proc.stderr
-    assert proc.returncode == 4
+    assert proc.returncode == 2  # refused before anything was touched
     assert proc.stderr.startswith("Error: ") and "report" in proc.stderr
     assert snapshot(canary) == sealed
 

@@ -168,7 +168,9 @@ SCENES = {"none": scene_none, "ibmbb-scripted": scene_scripted, "ibmbb-bbsim": s
 
 
 def finalize_records(scene: Scene, how: str) -> tuple[int, dict[str, dict[str, Any]], dict[str, Any], str]:
-    args = ["finalize", *scene.args, "--poll-interval", "0.05", "--wait-timeout", "60", "--json", str(scene.dst)]
+    # An ibmbb option with --backend none is refused: only the ibmbb scenes poll.
+    poll = ["--poll-interval", "0.05"] if scene.backend != "none" else []
+    args = ["finalize", *scene.args, *poll, "--wait-timeout", "60", "--json", str(scene.dst)]
     if how == "cli":
         result = CliRunner().invoke(cli, args, catch_exceptions=False)
         code, stdout, stderr = result.exit_code, result.stdout, result.stderr

@@ -1,6 +1,6 @@
 """Parse what IBM CAST's ``bbcmd`` prints into typed results; pure functions, no I/O.
 
-The facts this follows (../shared/reference/ibm-bb.md): the reply is JSON written by Boost's property
+The facts this follows (docs/ibm-bb.md): the reply is JSON written by Boost's property
 tree, so every value is a string (``"rc":"0"``); with ``--target`` each rank's reply nests under its rank
 number and the top level keeps ``rc``; ``gettransfers`` puts ``handles`` under ``out`` as ONE string such
 as ``"(101,102)"``; a status outside the known names prints as ``UNDEFINED (n)``. Keys this module does not

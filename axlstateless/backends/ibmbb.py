@@ -1,6 +1,6 @@
 """The ``ibmbb`` backend: transfer states from IBM CAST's ``bbcmd``, run as a subprocess.
 
-In post-stage the C API cannot reach bbproxy; ``bbcmd`` can (../shared/reference/ibm-bb.md). The job
+In post-stage the C API cannot reach bbproxy; ``bbcmd`` can (docs/ibm-bb.md). The job
 may have 16k ranks, so the backend never asks per handle: waiting is one ``gettransfers`` call per poll
 (the handles still BBNOTSTARTED or BBINPROGRESS), and the verdicts afterwards come from a fixed number
 of ``gettransfers`` calls, one per final status. The number of calls grows with the waiting time only.
@@ -22,7 +22,8 @@ import time
 from collections.abc import Callable, Sequence, Set
 from typing import ClassVar, Final, TypeVar
 
-from axlstateless.errors import BackendError, UsageError
+from axlstateless import interrupt
+from axlstateless.errors import BackendError, BackendSetupError, UsageError
 
 from .base import Backend, Progress, TransferState, TransferStatus
 from .bbcmd_reply import (
@@ -74,26 +75,29 @@ def find_bbcmd(bbcmd: str | None) -> list[str]:
     """The command line prefix for `bbcmd` (default: /opt/ibm/bb/bin/bbcmd, else bbcmd on PATH).
 
     `bbcmd` may be a path, a name on PATH, or a command with arguments (``"axl-bbsim --spool D"``).
-    Raises `BackendError` naming what was looked for when nothing runnable is found.
+    Raises `BackendSetupError` naming what was looked for when nothing runnable is found.
     """
     if bbcmd is None:
         if os.access(DEFAULT_BBCMD, os.X_OK):
             return [DEFAULT_BBCMD]
         found = shutil.which("bbcmd")
         if found is None:
-            raise BackendError(None, f"bbcmd not found: neither {DEFAULT_BBCMD} nor bbcmd on PATH (give --bbcmd)")
+            raise BackendSetupError(None, f"bbcmd not found: neither {DEFAULT_BBCMD} nor bbcmd on PATH (give --bbcmd)")
         return [found]
-    words = [bbcmd] if os.path.exists(bbcmd) else shlex.split(bbcmd)
+    try:
+        words = [bbcmd] if os.path.exists(bbcmd) else shlex.split(bbcmd)
+    except ValueError as exc:  # an unbalanced quote: shlex says "No closing quotation"
+        raise BackendSetupError(bbcmd, f"the bbcmd command cannot be split into words: {exc}") from None
     if not words:
-        raise BackendError(None, "the bbcmd command is empty")
+        raise BackendSetupError(None, "the bbcmd command is empty")
     program = words[0]
     if os.sep in program:
         if not os.access(program, os.X_OK):
-            raise BackendError(program, "bbcmd command not found or not executable")
+            raise BackendSetupError(program, "bbcmd command not found or not executable")
         return words
     found = shutil.which(program)
     if found is None:
-        raise BackendError(None, f"bbcmd command not found on PATH: {program}")
+        raise BackendSetupError(program, "bbcmd command not found on PATH")
     return [found, *words[1:]]
 
 
@@ -116,11 +120,11 @@ class IbmBBBackend(Backend):
         call_timeout: float = DEFAULT_CALL_TIMEOUT,
         settle_budget: float = DEFAULT_SETTLE_BUDGET,
         clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], None] = time.sleep,
+        sleep: Callable[[float], None] = interrupt.sleep,
     ) -> None:
         """Find bbcmd and the job now, so that a misconfiguration fails before any file is touched.
 
-        Raises `BackendError` when bbcmd or the job id cannot be found, `UsageError` for bad numbers.
+        Raises `BackendSetupError` when bbcmd or the job id cannot be found, `UsageError` for bad numbers.
         """
         if poll_interval <= 0 or max_poll_interval < poll_interval:
             raise UsageError(None, "the poll interval must be positive and at most the maximum poll interval")
@@ -129,7 +133,7 @@ class IbmBBBackend(Backend):
         self.command = find_bbcmd(bbcmd)
         resolved = jobid or os.environ.get("LSF_STAGE_JOBID") or os.environ.get("LSB_JOBID")
         if not resolved:
-            raise BackendError(None, "no job id for bbcmd: give --jobid or set LSF_STAGE_JOBID or LSB_JOBID")
+            raise BackendSetupError(None, "no job id for bbcmd: give --jobid or set LSF_STAGE_JOBID or LSB_JOBID")
         self.jobid = resolved
         self.jobstepid = jobstepid
         self.poll_interval = poll_interval

@@ -1,24 +1,25 @@
 """bbcmd's commands against a simulated BB, and bbcmd's reply shape; the CLI only parses and prints.
 
-The reply shape follows ../shared/reference/ibm-bb.md: every value a string; ``rc`` at the top; with
+The reply shape follows docs/ibm-bb.md: every value a string; ``rc`` at the top; with
 ``--target`` each rank's reply nested under its rank number; ``handles`` as one ``"(h1,h2)"`` string.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 from axlstateless.backends.bbcmd_reply import STATUS_VALUES, status_name
 
-from .spool import SimError, Spool, parse_filelist
+from .spool import FileEntry, SimError, Spool, parse_filelist
 
 DEFAULT_NUMHANDLES: Final = 1024
 BBALL: Final = 0xFFFF  # a match mask of every status bit
 MAX_CONTRIBS: Final = 1 << 20
 SCOPES: Final = ("BBSCOPETRANSFER", "BBSCOPETAG")
-#: What a bbcmd prints when BB_InitLibrary cannot reach bbproxy (seen in the field; ibm-bb.md).
+#: What a bbcmd prints when BB_InitLibrary cannot reach bbproxy (seen in the field; docs/ibm-bb.md).
 FIELD_FAILURE: Final[Mapping[str, Any]] = {
     "id": "1",
     "rc": "-2",
@@ -127,7 +128,12 @@ def copy(
             text = f.read()
     except OSError:
         raise SimError(f"Unable to open filelist for reading: {filelist}", "bbcmd_copy") from None
-    spool.start_copy(jobid, jobstepid, contribid, handle, parse_filelist(text, filelist))
+    # Relative names are the caller's, from the caller's directory: the mover runs from /.
+    entries = [
+        FileEntry(os.path.abspath(e.source), os.path.abspath(e.destination), e.flags)
+        for e in parse_filelist(text, filelist)
+    ]
+    spool.start_copy(jobid, jobstepid, contribid, handle, entries)
     return out
 
 

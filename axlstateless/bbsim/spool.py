@@ -211,7 +211,8 @@ class Spool:
     """One simulated burst buffer: its handles, its configuration, its injected failures."""
 
     def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
-        self.path = Path(path) if path is not None else default_spool()
+        # Absolute from the start: the mover changes to / before it opens anything.
+        self.path = (Path(path) if path is not None else default_spool()).absolute()
 
     # -- set-up ---------------------------------------------------------------------------------------
 

@@ -4,12 +4,12 @@ only there."""
 
 from __future__ import annotations
 
-import sys
+import signal
 
 import click
 
-from axlstateless import __version__, fastpath
-from axlstateless.errors import EXIT_USAGE, AxlError
+from axlstateless import __version__, fastpath, interrupt
+from axlstateless.errors import AxlError, Interrupted
 
 from . import cleanup, demo, finalize, prestage, status
 from .options import fail
@@ -35,11 +35,15 @@ for _module in (prestage, finalize, status, cleanup, demo):
 
 
 def main() -> None:
-    """Entry point of the ``axl-stateless`` console script."""
-    try:
-        cli.main(prog_name="axl-stateless", standalone_mode=True)
-    except AxlError as exc:  # pragma: no cover - commands handle their own; this is a last net
-        fail(exc)
-    except KeyboardInterrupt:  # a person pressed ^C: one line, no traceback
-        click.echo("Error: interrupted", err=True)
-        sys.exit(EXIT_USAGE)
+    """Entry point of the ``axl-stateless`` console script.
+
+    SIGINT, SIGTERM and SIGHUP stop a command between two temporaries (`interrupt`): exit 128 + N, with
+    the summary written, never click's "Aborted!" and exit 1 (which would claim data did not arrive).
+    """
+    with interrupt.handlers():
+        try:
+            cli.main(prog_name="axl-stateless", standalone_mode=True)
+        except AxlError as exc:  # a signal while click parsed the command line, before any command ran
+            fail(exc)
+        except KeyboardInterrupt:  # a signal the handlers did not catch: still one line, no traceback
+            fail(Interrupted(signal.SIGINT))

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import click
 
-from axlstateless.backends import Backend
 from axlstateless.cleanup import CleanupOptions, cleanup
 from axlstateless.mpi import Distributed
 from axlstateless.report import Outcome, Record
 
 from .mpi import mpi_option
 from .options import (
+    SIGNAL_EXIT_HELP,
+    BackendFactory,
     axl_state_option,
     backend_options,
     handles_errors,
@@ -20,7 +21,8 @@ from .options import (
     reporter,
 )
 
-CLEANUP_EXIT_CODES_HELP = """\b
+CLEANUP_EXIT_CODES_HELP = (
+    """\b
 Exit codes:
   0  every orphan committed; the rest skipped as not orphans yet (or nothing to do)
   1  some orphans were deleted: their data did not arrive (or --delete-only, or --delete-legacy)
@@ -28,7 +30,11 @@ Exit codes:
   3  not used by cleanup: a temporary whose transfer is in progress is skipped, never waited for
   4  could not act on some temporaries (refused or failed, or AXL temporaries no state file names:
      left in place, reported)
+"""
+    + SIGNAL_EXIT_HELP
+    + """
 When several apply, the highest of 4, 1 is returned."""
+)
 
 
 @click.command("cleanup", epilog=CLEANUP_EXIT_CODES_HELP)
@@ -67,7 +73,7 @@ When several apply, the highest of 4, 1 is returned."""
 def command(
     roots: tuple[str, ...],
     older_than: float,
-    backend: Backend,
+    backend: BackendFactory,
     dry_run: bool,
     delete_only: bool,
     axl_state: tuple[str, ...],
@@ -78,6 +84,7 @@ def command(
     as_json: bool,
     report: str | None,
     mpi: Distributed | None,
+    quiet: bool,
 ) -> None:
     """Sweep orphaned temporaries below ROOT...: those no post-stage finished.
 
@@ -101,10 +108,10 @@ def command(
     non-regular and foreign-owned files, set-uid/set-gid from a name), so it is safe as root over
     users' trees, from cron.
     """
-    with reporter("cleanup", as_json, report, dry_run, verbose, routine=_not_orphan) as sink:
+    with reporter("cleanup", as_json, report, dry_run, verbose, quiet=quiet, routine=_not_orphan) as sink:
         opts = CleanupOptions(
             older_than=older_than,
-            backend=backend,
+            backend=backend(),
             dry_run=dry_run,
             delete_only=delete_only,
             one_file_system=one_file_system,

@@ -8,12 +8,24 @@ from pathlib import Path
 
 import click
 
+from axlstateless.bbsim import SimError
 from axlstateless.demo import DemoResult, remove_workdir, run_demo
+from axlstateless.errors import AxlError
 
-from .options import handles_errors
+from .options import SIGNAL_EXIT_HELP, handles_errors
+
+DEMO_EXIT_CODES_HELP = (
+    """\b
+Exit codes:
+  0  the outcome is exactly the expected one
+  1  it is not (the mismatches are listed)
+  2  bad usage (a --dir that is not empty); nothing was changed
+"""
+    + SIGNAL_EXIT_HELP
+)
 
 
-@click.command("demo")
+@click.command("demo", epilog=DEMO_EXIT_CODES_HELP)
 @click.option("--ranks", type=click.IntRange(1, 4096), default=64, show_default=True, help="MPI ranks to play.")
 @click.option("--seed", type=int, default=1, show_default=True, help="Seed of the sizes and of which transfers fail.")
 @click.option("--failures", type=click.IntRange(min=0), default=3, show_default=True, help="Transfers made to fail.")
@@ -40,9 +52,10 @@ def command(ranks: int, seed: int, failures: int, workdir: Path | None, keep: bo
         if not quiet and not as_json:
             click.echo(f"demo: {message}", err=True)
 
-    if workdir is not None:
-        workdir.mkdir(parents=True, exist_ok=True)
-    result = run_demo(ranks=ranks, seed=seed, failures=failures, workdir=workdir, log=log)
+    try:
+        result = run_demo(ranks=ranks, seed=seed, failures=failures, workdir=workdir, log=log)
+    except SimError as exc:  # the simulator's own failure (a spool that is not ours): one line
+        raise AxlError(None, f"the simulated burst buffer failed: {exc}") from None
     if as_json:
         click.echo(json.dumps(_as_json(result, keep)))
     else:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import click
 
-from axlstateless.backends import Backend
 from axlstateless.finalize import DEFAULT_WAIT_TIMEOUT, FinalizeOptions, finalize
 from axlstateless.mpi import Distributed
 
 from .mpi import mpi_option
 from .options import (
     EXIT_CODES_HELP,
+    BackendFactory,
     axl_state_option,
     backend_options,
     handles_errors,
@@ -41,7 +41,7 @@ from .options import (
 @handles_errors
 def command(
     roots: tuple[str, ...],
-    backend: Backend,
+    backend: BackendFactory,
     wait_timeout: float,
     dry_run: bool,
     fsync: bool,
@@ -52,6 +52,7 @@ def command(
     as_json: bool,
     report: str | None,
     mpi: Distributed | None,
+    quiet: bool,
 ) -> None:
     """Commit every temporary below ROOT... whose data arrived; delete the others.
 
@@ -64,9 +65,9 @@ def command(
     state file that names them (--axl-state); without one they are left untouched and reported (exit 4):
     they may be the only copy of complete data.
     """
-    with reporter("finalize", as_json, report, dry_run, verbose) as sink:
+    with reporter("finalize", as_json, report, dry_run, verbose, quiet=quiet) as sink:
         opts = FinalizeOptions(
-            backend=backend,
+            backend=backend(),
             dry_run=dry_run,
             fsync=fsync,
             jobs=jobs,

@@ -3,21 +3,25 @@
 from __future__ import annotations
 
 import functools
-import json
 import os
+import signal
 import stat
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from typing import IO, Any, Final, TypeVar
+from typing import IO, Any, Final, NoReturn, TypeVar
 
 import click
+from click.core import ParameterSource
 
-from axlstateless.backends import BACKENDS, create_backend
+from axlstateless import interrupt
+from axlstateless.backends import BACKENDS, Backend, create_backend
 from axlstateless.backends.ibmbb import DEFAULT_CALL_TIMEOUT, DEFAULT_POLL_INTERVAL, DEFAULT_RETRIES
-from axlstateless.errors import AxlError, UsageError
+from axlstateless.errors import EXIT_LEFT, AxlError, Interrupted, UsageError
 from axlstateless.orphan import parse_duration
-from axlstateless.report import Outcome, Record, Reporter
+from axlstateless.report import Outcome, Record, Reporter, TextOut
+
+from .output import SafeOutput
 
 EXIT_CODES_HELP = """\b
 Exit codes:
@@ -26,32 +30,55 @@ Exit codes:
   2  bad usage or input; nothing was changed
   3  gave up waiting on the burst buffer; temporaries in transfer left for a rerun
   4  could not act on some temporaries (left in place, reported)
+  128+N  stopped by signal N between two temporaries (130 ^C, 143 SIGTERM, 129 SIGHUP);
+     the summary says "interrupted"; a rerun finishes the work
 When several apply, the highest of 4, 3, 1 is returned."""
+
+#: The 128+N line of every command's exit codes, for the commands with their own table.
+SIGNAL_EXIT_HELP = """  128+N  stopped by signal N between two temporaries (130 ^C, 143 SIGTERM, 129 SIGHUP);
+     the summary says "interrupted"; a rerun finishes the work"""
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+#: Creates the backend the options describe; called once the report is open, so that a backend that
+#: cannot start (bbcmd not found) still leaves a report saying why.
+BackendFactory = Callable[[], Backend]
 
-def fail(exc: AxlError) -> None:
+
+def fail(exc: AxlError) -> NoReturn:
     click.echo(f"Error: {exc}", err=True)
     sys.exit(exc.exit_code)
 
 
 def handles_errors(func: F) -> F:
+    """Every failure a user can meet becomes one ``Error: <what>: <why>`` line and its exit code."""
+
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
         except AxlError as exc:
             fail(exc)
+        except KeyboardInterrupt:  # no handler installed (an embedding caller): ^C still ends in one line
+            fail(Interrupted(signal.SIGINT))
         except OSError as exc:  # an unexpected system error still gets one line, not a traceback
-            click.echo(f"Error: {exc.filename or ''}: {exc.strerror or exc}", err=True)
-            sys.exit(4)
+            where = f"{os.fsdecode(exc.filename)}: " if exc.filename else ""
+            click.echo(f"Error: {where}{exc.strerror or exc}", err=True)
+            sys.exit(EXIT_LEFT)
 
     return wrapper  # type: ignore[return-value]
 
 
+def quiet_option(func: F) -> F:
+    """-q/--quiet, on every command."""
+    return click.option(
+        "-q", "--quiet", is_flag=True, help="Print the summary only: no per-temporary lines, no progress."
+    )(func)
+
+
 def output_options(func: F) -> F:
-    """--json and --report, shared by every command that reports records."""
+    """--json, --report and --quiet, shared by every command that reports records."""
+    func = quiet_option(func)
     func = click.option(
         "--report",
         "report",
@@ -112,18 +139,38 @@ def older_than_option(help_text: str) -> Callable[[F], F]:
 
 #: The backend options, as click names them; `backend_options` turns them into one ready `Backend`.
 _BACKEND_PARAMS: Final = ("backend", "bbcmd", "jobid", "jobstepid", "poll_interval", "bbcmd_timeout", "bbcmd_retries")
+_IBMBB_PARAMS: Final = _BACKEND_PARAMS[1:]
+
+
+def _backend_name(ctx: click.Context, chosen: str) -> str:
+    """An ibmbb option (--bbcmd, --jobid, ...) selects the ibmbb backend when --backend is not given, and
+    is refused with another backend: silently ignored, a BBFAILED transfer would be committed."""
+    given = [
+        f"--{name.replace('_', '-')}"
+        for name in _IBMBB_PARAMS
+        if ctx.get_parameter_source(name) not in (None, ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)
+    ]
+    if not given:
+        return chosen
+    if ctx.get_parameter_source("backend") in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP):
+        return "ibmbb"
+    if chosen != "ibmbb":
+        raise click.UsageError(f"{', '.join(given)}: only for --backend ibmbb, not --backend {chosen}")
+    return chosen
 
 
 def backend_options(func: F) -> F:
-    """Choosing and configuring the transfer-status backend; the command gets a ready ``backend: Backend``.
+    """Choosing and configuring the transfer-status backend; the command gets a `BackendFactory`.
 
-    The backend is created before the command runs, so a misconfiguration (bbcmd not found, no job id,
-    bad intervals) ends in one ``Error:`` line and exit 2 or 4 before any file is touched.
+    An option of the ibmbb backend selects it (`_backend_name`). The command creates the backend once
+    its report is open, so that a misconfiguration (bbcmd not found, no job id, bad intervals) ends in
+    one ``Error:`` line, exit 2 and a report saying so, before any file is touched.
     """
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         given = {name: kwargs.pop(name) for name in _BACKEND_PARAMS}
+        name = _backend_name(click.get_current_context(), given["backend"])
         options = {
             "bbcmd": given["bbcmd"],
             "jobid": given["jobid"],
@@ -132,10 +179,7 @@ def backend_options(func: F) -> F:
             "call_timeout": given["bbcmd_timeout"],
             "retries": given["bbcmd_retries"],
         }
-        try:
-            kwargs["backend"] = create_backend(given["backend"], options)
-        except AxlError as exc:
-            fail(exc)
+        kwargs["backend"] = functools.partial(create_backend, name, options)
         return func(*args, **kwargs)
 
     decorated: Any = wrapper
@@ -146,7 +190,8 @@ def backend_options(func: F) -> F:
                 type=click.Choice(sorted(BACKENDS)),
                 default="none",
                 show_default=True,
-                help="Where transfer states come from: 'none' (the copy is over, any mover), 'ibmbb' (IBM CAST bbcmd).",
+                help="Where transfer states come from: 'none' (the copy is over, any mover), 'ibmbb' (IBM CAST "
+                "bbcmd). An [ibmbb] option below selects ibmbb; with --backend none it is refused.",
             ),
             click.option(
                 "--bbcmd", metavar="PATH", help="[ibmbb] bbcmd to run (default /opt/ibm/bb/bin/bbcmd, else on PATH)."
@@ -189,12 +234,12 @@ def backend_options(func: F) -> F:
 def open_report(path: str) -> IO[str]:
     """Open --report FILE for writing, refusing a symlink, a hard link or a non-regular file: root may be
     told to write the report in a directory a user can write, where the name may have been planted to
-    point at /etc/shadow (tests/test_root_over_users.py). Raises OSError or AxlError."""
+    point at /etc/shadow (tests/test_root_over_users.py). Raises OSError or UsageError."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o666)
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
-            raise AxlError(path, "cannot write the report: not a regular file with one link (refused)")
+            raise UsageError(path, "cannot write the report: not a regular file with one link (refused)")
         os.ftruncate(fd, 0)  # only now: truncating at open would have emptied whatever was linked
         return open(fd, "w", encoding="utf-8")
     except BaseException:
@@ -210,40 +255,65 @@ def reporter(
     dry_run: bool,
     verbose: bool,
     *,
+    quiet: bool = False,
     routine: Callable[[Record], bool] | None = None,
+    header: str | None = None,
 ) -> Iterator[Reporter]:
     """Records to --json, --report and a human stream; the human stream leaves out committed records and,
-    if given, other `routine` ones (cleanup: temporaries not orphaned yet) unless `verbose`."""
+    if given, other `routine` ones (cleanup: temporaries not orphaned yet) unless `verbose`, and every
+    record with `quiet`. Progress goes to stderr: a live line on a terminal, else a line every few seconds.
+
+    The body runs with signals deferred (`interrupt`): a SIGINT, SIGTERM or SIGHUP stops it between two
+    temporaries, and the summary, marked interrupted, still ends the output and the report. Exits with
+    the summary's code (128 + N after signal N).
+    """
+    out = SafeOutput(sys.stdout)
     with ExitStack() as stack:
-        json_streams: list[IO[str]] = []
-        if as_json:
-            json_streams.append(sys.stdout)
+        reports: list[TextOut] = []
         if report:
             try:
-                json_streams.append(stack.enter_context(open_report(report)))
+                reports.append(stack.enter_context(open_report(report)))
             except OSError as exc:
-                raise AxlError(report, f"cannot write the report: {exc.strerror}") from None
-        log_streams: list[IO[str]] = [sys.stderr]
+                raise UsageError(report, f"cannot write the report: {exc.strerror}") from None
+
+        def shown(record: Record) -> bool:
+            if quiet:
+                return False
+            return verbose or (
+                record.outcome is not Outcome.COMMITTED and not (routine is not None and routine(record))
+            )
+
         reporter = Reporter(
             command,
             dry_run=dry_run,
-            json_streams=json_streams,
-            text_stream=None if as_json else sys.stdout,
-            text_filter=None
-            if verbose
-            else (lambda r: r.outcome is not Outcome.COMMITTED and not (routine is not None and routine(r))),
-            log_streams=log_streams,
+            json_streams=[out] if as_json and not quiet else [],
+            report_streams=reports,
+            summary_streams=[out] if as_json and quiet else [],
+            text_stream=None if as_json else out,
+            text_filter=shown,
+            log_streams=[] if quiet else [sys.stderr],
+            live=sys.stderr if not quiet and sys.stderr.isatty() else None,
+            text_header=header,
             wants_records=as_json or bool(report) or verbose,
         )
         try:
-            yield reporter
+            with interrupt.deferred():
+                yield reporter
         except AxlError as exc:
             # The summary still ends --json and the report (a post-stage script reads only that), with
-            # the error's exit code; the human "N committed (exit 0)" line would contradict the error.
-            summary_json = reporter.summary.to_json() | {"error": str(exc), "exit_code": exc.exit_code}
-            for stream in json_streams:
-                stream.write(json.dumps(summary_json) + "\n")
-                stream.flush()
+            # the error's exit code.
+            reporter.finish(error=exc)
+            _note_broken(out)
             raise
         summary = reporter.finish()
+    _note_broken(out)
     sys.exit(summary.exit_code)
+
+
+def _note_broken(out: SafeOutput) -> None:
+    if out.broken:
+        click.echo(
+            "axl-stateless: standard output was closed: the records after it were not printed "
+            "(the work went on to the end; --report keeps them all)",
+            err=True,
+        )

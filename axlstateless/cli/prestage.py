@@ -4,19 +4,35 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from typing import IO
 
 import click
 
+from axlstateless import interrupt
+from axlstateless.errors import Interrupted
 from axlstateless.mpi import Distributed
 from axlstateless.prestage import PrestageResult, StagePair, expand_sources, prestage, read_pair_list
+from axlstateless.report import Meter, format_elapsed, plural
 
 from .mpi import mpi_option
-from .options import handles_errors
+from .options import SIGNAL_EXIT_HELP, handles_errors, quiet_option
+from .output import SafeOutput
+
+PRESTAGE_EXIT_CODES_HELP = (
+    """\b
+Exit codes:
+  0  every temporary created (with --dry-run: every check passed)
+  2  bad usage or input (a missing source, a final path that is a directory, a name too long for
+     the format, a pairs file with CRLF line ends); nothing was changed
+  4  could not create a temporary or directory (reported; a rerun replaces what was made)
+"""
+    + SIGNAL_EXIT_HELP
+)
 
 
-@click.command("prestage")
+@click.command("prestage", epilog=PRESTAGE_EXIT_CODES_HELP)
 @click.argument("paths", nargs=-1, type=click.Path(readable=False), metavar="[SRC... DEST]")
 @click.option("-r", "--recursive", is_flag=True, help="Pre-stage directories and everything below them.")
 @click.option(
@@ -31,6 +47,7 @@ from .options import handles_errors
 @click.option("--dry-run", is_flag=True, help="Check everything and show what would be created; create nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per temporary, then a summary object.")
 @mpi_option
+@quiet_option
 @handles_errors
 def command(
     paths: tuple[str, ...],
@@ -43,13 +60,14 @@ def command(
     dry_run: bool,
     as_json: bool,
     mpi: Distributed | None,
+    quiet: bool,
 ) -> None:
     """Create a temporary beside each final path: SRC... DEST, as cp does, or --from-list.
 
     Each temporary is empty, owned like its source (when permitted), has the source's times, and carries
     the source's permission bits, size and mtime in its name (docs/format.md), so finalize needs nothing
     else. Missing directories are created owner-writable and get their source's mode and mtime back when
-    finalize is done with them.
+    finalize is done with them. Everything is checked before the first change.
     """
     if mpi is not None:
         if from_list is None or paths:
@@ -61,7 +79,7 @@ def command(
         result = mpi.prestage_list(
             listed, handle=handle, follow_symlinks=follow_symlinks, filelist=filelist, dry_run=dry_run
         )
-        _print_prestage(result, as_json, time.monotonic() - started, filelist)
+        _print_prestage(SafeOutput(sys.stdout), result, as_json, quiet, time.monotonic() - started, filelist)
         return
     dir_sources: dict[bytes, bytes] = {}
     if from_list is not None:
@@ -72,55 +90,79 @@ def command(
         if len(paths) < 2:
             raise click.UsageError("expected SRC... DEST (or --from-list FILE)")
         pairs, dir_sources = expand_sources(paths[:-1], paths[-1], recursive=recursive, follow_symlinks=follow_symlinks)
-    started = time.monotonic()
-    result = prestage(
-        pairs,
-        handle=handle,
-        follow_symlinks=follow_symlinks,
-        filelist=filelist,
-        dir_sources=dir_sources,
-        dry_run=dry_run,
+    out = SafeOutput(sys.stdout)
+    meter = Meter(
+        "prestage",
+        live=sys.stderr if not quiet and sys.stderr.isatty() else None,
+        logs=[] if quiet else [sys.stderr],
+        verb="created",
     )
-    _print_prestage(result, as_json, time.monotonic() - started, filelist)
+
+    def progress(done: int) -> None:
+        if meter.due():
+            meter.tick(done)
+
+    started = time.monotonic()
+    try:
+        with interrupt.deferred():
+            result = prestage(
+                pairs,
+                handle=handle,
+                follow_symlinks=follow_symlinks,
+                filelist=filelist,
+                dir_sources=dir_sources,
+                dry_run=dry_run,
+                progress=progress,
+            )
+    except Interrupted as exc:
+        meter.clear()
+        if as_json:
+            summary = {"summary": True, "command": "prestage", "dry_run": dry_run, "interrupted": True}
+            summary |= {"signal": exc.signal_name, "exit_code": exc.exit_code, "error": str(exc)}
+            out.write(json.dumps(summary) + "\n")
+            out.flush()
+        raise
+    finally:
+        meter.clear()
+    _print_prestage(out, result, as_json, quiet, time.monotonic() - started, filelist)
 
 
-def _print_prestage(result: PrestageResult, as_json: bool, elapsed: float, filelist: str | None) -> None:
+def _print_prestage(
+    out: SafeOutput, result: PrestageResult, as_json: bool, quiet: bool, elapsed: float, filelist: str | None
+) -> None:
     if as_json:
-        for f in result.files:
-            click.echo(
-                json.dumps(
-                    {
-                        "source": os.fsdecode(f.source),
-                        "temporary": os.fsdecode(f.temporary),
-                        "final": os.fsdecode(f.final),
-                    }
-                )
-            )
-        click.echo(
-            json.dumps(
-                {
-                    "summary": True,
-                    "command": "prestage",
-                    "dry_run": result.dry_run,
-                    "temporaries": len(result.files),
-                    "created_directories": [os.fsdecode(d) for d in result.created_directories],
-                    "replaced": result.replaced,
-                    "xattrs": result.xattrs,
-                    "filelist": filelist,
-                    "exit_code": 0,
-                    "elapsed_seconds": round(elapsed, 3),
-                }
-            )
-        )
+        if not quiet:
+            for f in result.files:
+                record = {"source": os.fsdecode(f.source), "temporary": os.fsdecode(f.temporary)}
+                record["final"] = os.fsdecode(f.final)
+                out.write(json.dumps(record) + "\n")
+        summary = {
+            "summary": True,
+            "command": "prestage",
+            "dry_run": result.dry_run,
+            "temporaries": len(result.files),
+            "created_directories": [os.fsdecode(d) for d in result.created_directories],
+            "replaced": result.replaced,
+            "xattrs": result.xattrs,
+            "filelist": filelist,
+            "exit_code": 0,
+            "elapsed_seconds": round(elapsed, 3),
+            "per_second": round(len(result.files) / elapsed, 1) if elapsed > 0 else 0.0,
+        }
+        out.write(json.dumps(summary) + "\n")
+        out.flush()
         return
     what = "would pre-stage" if result.dry_run else "pre-staged"
-    line = f"prestage: {what} {len(result.files)} temporaries"
+    line = f"prestage: {what} {plural(len(result.files), 'temporary', 'temporaries')}"
     if result.created_directories:
-        line += f", {len(result.created_directories)} directories created"
+        made = "would create" if result.dry_run else "created"
+        line += f", {made} {plural(len(result.created_directories), 'directory', 'directories')}"
     if result.replaced:
-        line += f", {result.replaced} earlier temporaries replaced"
+        line += f", {plural(result.replaced, 'earlier temporary', 'earlier temporaries')} replaced"
     if filelist and not result.dry_run:
         line += f"; file list in {filelist}"
     if not result.xattrs:
         line += " (no user xattrs on the destination: atime and owner hints not kept)"
-    click.echo(line + f" in {elapsed:.2f}s")
+    rate = len(result.files) / elapsed if elapsed > 0 else 0.0
+    out.write(line + f" in {format_elapsed(elapsed)} ({rate:.0f}/s)\n")
+    out.flush()

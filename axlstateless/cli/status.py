@@ -6,7 +6,6 @@ import os
 
 import click
 
-from axlstateless.backends import Backend
 from axlstateless.mpi import Distributed
 from axlstateless.orphan import format_duration
 from axlstateless.report import Outcome, Record
@@ -15,6 +14,7 @@ from axlstateless.status import status
 from .mpi import mpi_option
 from .options import (
     EXIT_CODES_HELP,
+    BackendFactory,
     axl_state_option,
     backend_options,
     handles_errors,
@@ -36,13 +36,14 @@ from .options import (
 @handles_errors
 def command(
     roots: tuple[str, ...],
-    backend: Backend,
+    backend: BackendFactory,
     jobs: int | None,
     older_than: float,
     axl_state: tuple[str, ...],
     as_json: bool,
     report: str | None,
     mpi: Distributed | None,
+    quiet: bool,
 ) -> None:
     """List the temporaries below ROOT... with their decoded fields and what finalize would do now.
 
@@ -50,17 +51,35 @@ def command(
     "cleanup") also shows the temporary's age (since the newer of its mtime and ctime) and what cleanup
     would do to it now: would commit, would delete, would apply, too young, in transfer, would leave or
     never touched. Nothing is changed; the exit code is the one finalize would return now.
+
+    \b
+    Columns: NOW (what finalize would do now: commit, delete, leave, skip), KIND, MODE, SIZE, HANDLE,
+    AGE, CLEANUP (what cleanup --older-than would do now), PATH (as reached from the ROOT typed).
     """
-    with reporter("status", as_json, report, True, True) as sink:
+    with reporter("status", as_json, report, True, True, quiet=quiet, header=STATUS_HEADER) as sink:
         sink.text_format = _status_line
-        status(roots, sink, backend=backend, jobs=jobs, older_than=older_than, mpi=mpi, axl_state=axl_state)
+        status(
+            roots,
+            sink,
+            backend=backend(),
+            jobs=jobs,
+            older_than=older_than,
+            mpi=mpi,
+            axl_state=axl_state,
+            progress=sink.log,
+        )
+
+
+#: The columns of `_status_line`: what finalize would do now, what cleanup would do now.
+STATUS_HEADER = f"{'NOW':<6} {'KIND':<12} {'MODE':>4} {'SIZE':>12} {'HANDLE':>8} {'AGE':>7} {'CLEANUP':<13}  PATH"
+_WOULD = {Outcome.COMMITTED: "commit", Outcome.ABORTED: "delete", Outcome.LEFT: "leave", Outcome.SKIPPED: "skip"}
 
 
 def _status_line(record: Record) -> str:
     mode = f"{record.mode:04o}" if record.mode is not None else "-"
     size = str(record.size) if record.size is not None else "-"
     handle = str(record.handle) if record.handle is not None else "-"
-    would = {Outcome.COMMITTED: "commit", Outcome.ABORTED: "abort", Outcome.LEFT: "leave", Outcome.SKIPPED: "skip"}
+    would = _WOULD
     extra = record.extra or {}
     age = "-" if extra.get("age_seconds") is None else format_duration(extra["age_seconds"])
     cleanup = str(extra.get("cleanup") or "-")
