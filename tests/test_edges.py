@@ -408,7 +408,8 @@ def run_on_a_terminal(
 def test_live_progress_line_on_a_terminal(tmp_path: Path, command: str) -> None:
     root = tmp_path / "dst"
     tree(root, 2, 50)
-    extra = ["--older-than", "0s"] if command == "cleanup" else []
+    extra = ["--older-than", "0.01s"] if command == "cleanup" else []
+    time.sleep(0.05)  # older than that
     code, out, terminal = run_on_a_terminal([*CLI, command, root, *extra])
     assert code == 0, terminal
     assert "\r" in terminal and "\x1b[K" in terminal  # a line redrawn in place, then erased
@@ -447,7 +448,8 @@ def test_quiet_prints_the_summary_only(tmp_path: Path, command: str) -> None:
         (tmp_path / "s").write_bytes(b"x")
         args = [tmp_path / "s", root / "new"]
     else:
-        args = [root, *(["--older-than", "0s"] if command == "cleanup" else [])]
+        args = [root, *(["--older-than", "0.01s"] if command == "cleanup" else [])]
+        time.sleep(0.05)
     proc = run_cli(command, "-q", *args)
     assert proc.returncode in (0, 1), proc.stderr
     assert len(proc.stdout.splitlines()) == 1 and proc.stdout.startswith(f"{command}: ")
