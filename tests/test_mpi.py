@@ -195,7 +195,7 @@ def test_hostile_entry_exit_4_on_every_rank(tmp_path: Path) -> None:
         f"left      {dst}/d3/{os.fsdecode(planted)} (is a symbolic link: refused)"
     ]
     assert re.findall(r"^finalize: .*", run.stdout, re.M) == [
-        re.findall(r"^finalize: 18 committed, 1 left in \S+ \(exit 4\)$", run.stdout, re.M)[0]
+        re.findall(r"^finalize: 19 temporaries: 18 committed, 1 left in \S+ \(\d+/s\) \(exit 4\)$", run.stdout, re.M)[0]
     ]
     assert (dst / "d3" / os.fsdecode(planted)).is_symlink()
 
