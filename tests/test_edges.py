@@ -432,7 +432,7 @@ def test_progress_line_in_a_log_has_the_figures() -> None:
     log = io.StringIO()
     reporter = Reporter("finalize", log_streams=[log], progress_every=0.0)
     for i in range(3):
-        reporter(Record(b"t%d" % i, Kind.FILE, Outcome.COMMITTED))
+        reporter(Record(path=b"t%d" % i, kind=Kind.FILE, outcome=Outcome.COMMITTED))
     lines = log.getvalue().splitlines()
     assert lines[-1].startswith("finalize: 3 temporaries settled (3 committed), ")
     assert lines[-1].endswith(" elapsed") and "/s, " in lines[-1]
