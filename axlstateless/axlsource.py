@@ -331,13 +331,19 @@ def _item(entry: AxlFile, state: StateFile, transfer: AxlTransfer) -> Item:
         return Item(dest, name, state, None, with_extension, why)
     if entry.mode and not stat.S_ISREG(entry.mode) and stat.S_IFMT(entry.mode):
         return Item(dest, name, state, None, with_extension, "the record's MODE is not a regular file's: refused")
+    owner = state.st.st_uid
+    if owner not in (0, entry.uid):
+        # A user's state file speaks only for that user's files: otherwise root, reading it, would change
+        # the mode and times of another user's temporary (and rename it) on that user's word.
+        why = f"the state file belongs to uid {owner} but its record names uid {entry.uid}: refused"
+        return Item(dest, name, state, None, with_extension, why)
     target = AxlTarget(
         final=final,
         mode=stat.S_IMODE(entry.mode),
         size=entry.size,
         mtime_ns=entry.mtime_ns,
         atime_ns=entry.atime_ns,
-        uid=entry.uid,
+        uid=entry.uid,  # the temporary must belong to it (ownership.refusal): a file is never given away
         gid=entry.gid,
         handle=handle,
         failed=entry.status == STATUS_ERROR,

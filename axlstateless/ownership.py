@@ -67,7 +67,7 @@ def refusal(st: os.stat_result, expected_uid: int | None, expected_gid: int | No
             return f"owned by uid {st.st_uid}, not by this user (uid {euid}); only its owner or root can finalize it"
         return None
     if expected_uid is not None and expected_uid != st.st_uid:
-        return f"foreign-owned: owned by uid {st.st_uid} but pre-staged for uid {expected_uid}"
+        return f"foreign-owned: owned by uid {st.st_uid} but pre-staged or recorded for uid {expected_uid}"
     if (
         expected_gid is not None
         and expected_gid != st.st_gid

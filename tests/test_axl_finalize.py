@@ -15,18 +15,21 @@ import json
 import os
 import stat
 import time
+from collections.abc import Set as AbstractSet
 from pathlib import Path
 from typing import Any
 
 import pytest
 from axlfixtures import SCENARIOS, WITH_STATE, extract
+from axlmake import Entry, write_state
 from click.testing import CliRunner
 
 from axlstateless.axlsource import AxlIndex
+from axlstateless.backends.base import Backend, Progress, TransferState, TransferStatus
 from axlstateless.cli import cli
 from axlstateless.errors import StateFileError, UsageError
 from axlstateless.finalize import FinalizeOptions, finalize
-from axlstateless.report import Outcome, Record
+from axlstateless.report import Outcome, Record, Reporter
 
 Snapshot = dict[str, tuple[int, int, int, str]]
 
@@ -304,3 +307,71 @@ def test_truncated_state_files_are_never_used(tmp_path: Path, sid: str) -> None:
         finalize([root / "dst"], records.append, FinalizeOptions(axl_state=[root / "state"]))
         assert not [r for r in records if r.outcome in (Outcome.COMMITTED, Outcome.ABORTED)], length
         assert snapshot(root) == {**before, "state/axl.state": snapshot(root)["state/axl.state"]}
+
+
+# --- IBM BB transfers: AXL's handle is waited on like ours ---------------------------------------------
+
+
+class HandleStates(Backend):
+    """A backend with a fixed state per handle (what `ibmbb` learns from bbcmd), recording its wait."""
+
+    name = "test-handles"
+    uses_handles = True
+
+    def __init__(self, states: dict[int, TransferState]) -> None:
+        self.states = states
+        self.waited: set[int] | None = None
+
+    def wait(self, handles: AbstractSet[int], timeout: float, progress: Progress) -> bool:
+        self.waited = set(handles)
+        return True
+
+    def status(self, handle: int | None) -> TransferStatus:
+        state = TransferState.UNKNOWN if handle is None else self.states[handle]
+        return TransferStatus(state, state.value)
+
+
+def test_axl_bb_handles_are_waited_on_and_only_success_commits(tmp_path: Path) -> None:
+    running, failed, done = 101, 102, 103
+    dst, state_dir = tmp_path / "dst", tmp_path / "state"
+    dst.mkdir()
+    state_dir.mkdir()
+    for handle in (running, failed, done):
+        temp = dst / f"rank{handle}.dat._AXL{handle}"  # AXL's BBAPI temporary: <final>._AXL<handle>
+        temp.write_bytes(b"complete")
+        entries = [
+            Entry(b"/src/%d" % handle, os.fsencode(temp), 8, 0o100640, 10**18, 10**18, os.geteuid(), os.getegid())
+        ]
+        write_state(state_dir / f"{handle}.state", entries, handle=handle, status=2)
+    backend = HandleStates(
+        {running: TransferState.IN_PROGRESS, failed: TransferState.FAILED, done: TransferState.SUCCEEDED}
+    )
+    records: list[Record] = []
+    reporter = Reporter("finalize")
+
+    def sink(record: Record) -> None:
+        records.append(record)
+        reporter(record)
+
+    finalize([dst], sink, FinalizeOptions(backend=backend, axl_state=[state_dir]))
+    assert backend.waited == {running, failed, done}
+    got = {os.path.basename(r.path).split(b"._AXL")[0].decode(): r for r in records}
+    assert (got[f"rank{running}.dat"].outcome, got[f"rank{running}.dat"].in_progress) == (Outcome.LEFT, True)
+    assert got[f"rank{failed}.dat"].outcome is Outcome.ABORTED and "failed" in got[f"rank{failed}.dat"].reason
+    assert got[f"rank{done}.dat"].outcome is Outcome.COMMITTED
+    assert sorted(p.name for p in dst.iterdir()) == sorted([f"rank{done}.dat", f"rank{running}.dat._AXL{running}"])
+    assert sorted(p.name for p in state_dir.iterdir()) == [f"{running}.state"]  # the rest settled, removed
+    assert reporter.finish().exit_code == 3  # the one still in transfer: rerun
+
+
+def test_a_handle_in_the_name_that_differs_from_the_state_file_is_refused(tmp_path: Path) -> None:
+    dst = tmp_path / "dst"
+    dst.mkdir()
+    temp = dst / "x._AXL7"
+    temp.write_bytes(b"data")
+    entries = [Entry(b"/src/x", os.fsencode(temp), 4, 0o100644, 10**18, 10**18, os.geteuid(), os.getegid())]
+    state = write_state(tmp_path / "s.state", entries, handle=8)
+    records: list[Record] = []
+    finalize([dst], records.append, FinalizeOptions(axl_state=[state]))
+    assert [(r.outcome, "handle" in r.reason) for r in records] == [(Outcome.LEFT, True)]
+    assert temp.read_bytes() == b"data" and state.exists()

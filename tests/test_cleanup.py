@@ -515,8 +515,15 @@ def test_against_the_simulated_ibm_bb(tmp_path: Path, monkeypatch: pytest.Monkey
         sim("copy", f"--filelist={tmp_path / f'list{handle}'}", f"--handle={handle}")
     args = ["cleanup", dst, "--older-than", TINY, "--backend", "ibmbb", "--bbcmd", bbcmd, "--json"]
 
-    deadline = time.monotonic() + 30
+    # The BB reports the slow copy in progress until released: on a loaded machine a cleanup run can take
+    # longer than the copy itself, and the test must not depend on that race.
+    sim("inject", f"--set-status={slow}=BBINPROGRESS")
     seen: dict[str, str] = {}
+    for line in run_cli(*args).stdout.splitlines()[:-1]:
+        record = json.loads(line)
+        seen.setdefault(f"{record['path']} {record['outcome']}", record["reason"])
+    sim("inject", "--clear", f"--fail-handle={failing}")
+    deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         proc = run_cli(*args)
         for line in proc.stdout.splitlines()[:-1]:

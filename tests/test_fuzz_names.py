@@ -142,3 +142,41 @@ def test_legacy_handles_are_bounded() -> None:
     assert isinstance(parse(b"ckpt.0._AXL18446744073709551616"), Unrecognised)
     assert isinstance(parse(b"ckpt.0._AXL" + b"9" * 250), Unrecognised)
     assert isinstance(parse(b"ckpt.0._AXL" + b"9" * 5000), Unrecognised)
+
+
+# Any final AXL could be given: any bytes but "/" and NUL, the marker included (AXL never checks it).
+axl_finals = st.lists(
+    st.one_of(st.sampled_from([b"._AXL", b"._AXL7", b".v1.m0644.s1.t0", b"."]), st.binary(max_size=6))
+)
+axl_finals = axl_finals.map(b"".join).filter(lambda f: f not in (b"", b".", b"..") and b"/" not in f and b"\0" not in f)
+
+
+@fuzz
+@given(axl_finals, st.none() | st.integers(0, HANDLE_LIMIT - 1))
+@example(b"x._AXL7", None)
+@example(b"notes._AXL", None)
+@example(b"f._AXL.v1.m0644.s1.t0", 3)
+def test_legacy_names_split_as_axl_splits_them(final: bytes, handle: int | None) -> None:
+    """Whatever AXL's final, ``<final>._AXL[<handle>]`` is the legacy temporary of exactly that final
+    (axl_remove_extension: the last marker), never one of ours."""
+    name = final + MARKER + (b"" if handle is None else b"%d" % handle)
+    if len(name) > NAME_MAX:
+        assert isinstance(parse(name), Unrecognised)
+        return
+    assert parse(name) == LegacyName(final, handle)
+    check_parse(name)
+
+
+@fuzz
+@given(temp_names)
+def test_our_names_are_never_legacy_and_never_the_final_of_one(tn: TempName) -> None:
+    """The suffix after the last marker tells the two apart: ours starts ``.v1.``, a legacy one is digits
+    or nothing; and one of ours with AXL's extension added is AXL's temporary of our name."""
+    try:
+        name = tn.encode()
+    except NameFormatError:
+        return
+    assert not isinstance(parse(name), LegacyName)
+    wrapped = name + MARKER
+    if len(wrapped) <= NAME_MAX:
+        assert parse(wrapped) == LegacyName(name, None)
