@@ -375,3 +375,23 @@ def test_a_handle_in_the_name_that_differs_from_the_state_file_is_refused(tmp_pa
     finalize([dst], records.append, FinalizeOptions(axl_state=[state]))
     assert [(r.outcome, "handle" in r.reason) for r in records] == [(Outcome.LEFT, True)]
     assert temp.read_bytes() == b"data" and state.exists()
+
+
+def test_lsf_poststage_script_takes_axl_state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from bbkit import Sim
+    from test_poststage import BASH, outputs, poststage
+
+    if BASH is None:
+        pytest.skip("needs bash")
+    sim = Sim(tmp_path, monkeypatch)
+    owner = None if os.geteuid() == 0 else (os.geteuid(), os.getegid())
+    root, info, states = extract("a2", tmp_path / "fixture", owner=owner)
+    before = snapshot(root)
+    env = {"AXL_BBCMD": str(sim.path), "LSF_STAGE_JOBID": sim.jobid, "AXL_STATE_DIR": f"{root / 'state'}"}
+    done = poststage(tmp_path, [root / "dst"], **env)
+    assert done.returncode == 0, done.stderr
+    records, log = outputs(root / "dst", sim.jobid)
+    assert records[-1]["committed"] == 30 and "state file removed" in log
+    spoken = {p for p in snapshot(root) if p.startswith("dst/axl-finalize.")}
+    check_manifest(root, info, before, {k: v for k, v in snapshot(root).items() if k not in spoken})
+    assert not states[0].exists()

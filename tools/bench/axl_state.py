@@ -3,6 +3,7 @@
     python tools/bench/axl_state.py                          # 16,384 state files of 4 entries each
     python tools/bench/axl_state.py --files 1000 --per-file 30 --repeat 5
     python tools/bench/axl_state.py --dir /p/gpfs1/scratch   # on another file system
+    python tools/bench/axl_state.py --finalize                # also settle every entry: a whole finalize
 
 `make_state_tree(dir, n_files, per_file)` writes the state files (with `axlstateless.kvtree.dumps`,
 keys in the order AXL writes them) and returns their paths; `temporaries=True` also creates every
@@ -11,7 +12,10 @@ entry's `._AXL` temporary, at its recorded size, for benchmarks that go on to se
 What is timed: `find_state_files` over the state directory (a search by magic: one open and 8-byte
 read per file), `read_state_file` on every file (open, fstat, read, decode, build the records), and
 `kvtree.loads` alone on the bytes already in memory. Each is run `--repeat` times and the fastest run is
-reported (the machine may be shared). The AXL figure is not measured here: running `axl_cp -U` needs an
+reported (the machine may be shared). With ``--finalize``, the temporaries are made too and one
+``finalize --axl-state`` (the library call, one process, one worker) reads every state file, walks the
+roots, commits every entry and removes every state file; that run is timed once (it changes the tree).
+The AXL figure is not measured here: running `axl_cp -U` needs an
 AXL build (tests/data/axl/README.md says how to make one); pass `--axl-ms` with your own measurement.
 """
 
@@ -25,8 +29,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from axlstateless import kvtree
+from axlstateless import FinalizeOptions, Reporter, finalize, kvtree
 from axlstateless.axlstate import find_state_files, read_state_file
+from axlstateless.report import Outcome
 
 #: One `axl_cp -U` process per state file (process start, AXL_Init, the state file read, AXL_Wait's
 #: checks and renames), about 2.5 ms each: the figure given when AXL support was specified, measured
@@ -128,7 +133,10 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3, help="runs of each measurement; the fastest is shown")
     parser.add_argument("--dir", type=Path, default=None, help="where to make the scratch tree (default: $TMPDIR)")
     parser.add_argument("--axl-ms", type=float, default=AXL_CP_MS, help="ms per axl_cp -U process to compare with")
+    parser.add_argument("--finalize", action="store_true", help="also time one whole finalize --axl-state")
     args = parser.parse_args()
+    if args.finalize:
+        return finalize_bench(args)
 
     with tempfile.TemporaryDirectory(prefix="axl-state-bench-", dir=args.dir) as scratch:
         t = time.perf_counter()
@@ -174,6 +182,33 @@ def main() -> int:
         f"one axl_cp -U per state file at {args.axl_ms} ms ({origin}): {axl_total:.1f}s; "
         f"ratio {axl_total / wall:.0f}x by wall time"
     )
+    print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}")
+    return 0
+
+
+def finalize_bench(args: argparse.Namespace) -> int:
+    """Time one whole `finalize --axl-state` over `args.files` state files and their temporaries."""
+    with tempfile.TemporaryDirectory(prefix="axl-state-bench-", dir=args.dir) as scratch:
+        base = Path(scratch)
+        t = time.perf_counter()
+        paths = make_state_tree(base, args.files, args.per_file, temporaries=True)
+        made = time.perf_counter() - t
+        n = len(paths) * args.per_file
+        print(f"{len(paths)} state files, {n} temporaries made in {made:.1f}s")
+        reporter = Reporter("finalize")
+        t, c = time.perf_counter(), time.process_time()
+        finalize([base / "dst"], reporter, FinalizeOptions(axl_state=[base / "state"], jobs=1))
+        wall, cpu = time.perf_counter() - t, time.process_time() - c
+        summary = reporter.finish()
+        assert summary.counts[Outcome.COMMITTED] == n, summary.to_text()
+        assert not any((base / "state").rglob("*.axl")), "a state file was not removed"
+    axl_total = len(paths) * args.axl_ms / 1000
+    print(
+        f"finalize --axl-state, one process: {wall:.2f}s wall, {cpu:.2f}s CPU: "
+        f"{wall / len(paths) * 1e3:.3f} ms per state file, {wall / n * 1e6:.1f} us per temporary"
+    )
+    ratio = axl_total / wall
+    print(f"one axl_cp -U per state file at {args.axl_ms} ms: {axl_total:.1f}s; ratio {ratio:.1f}x by wall time")
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}")
     return 0
 
