@@ -44,12 +44,12 @@ _MAX_IDLE: Final = 0.002
 # Messages are tuples whose first item says what they are.
 # Down, rank 0 to a rank:
 #   ("list", node, parent, root, components, path)  open, list, visit (or send the chunks of) a directory
-#   ("visit", node, parent, root, components, path, entries, clashes)  visit one chunk of a wide directory
+#   ("visit", node, parent, root, components, path, entries, raw, clashes)  visit one chunk of a wide one
 #   ("finish", node, children, pending, is_root)  finish a directory this rank listed
 #   ("stop",)
 # Up, a rank to rank 0:
 #   ("listed", node, subdirs, pending, held)  held: this rank keeps the listing, to finish it later
-#   ("chunk", node, entries, clashes)  a wide directory's chunk for any rank to visit
+#   ("chunk", node, entries, raw, clashes)  a wide directory's chunk for any rank to visit
 #   ("visited", node, pending) / ("finished", node, pending)
 #   ("records", records)
 Message = tuple[Any, ...]
@@ -108,10 +108,11 @@ class _Coordinator:
                 self.ready.append((rank, ("list", child.id, nid, child.root, child.components, child.path)))
             self._done(node)
         elif kind == "chunk":
-            _, nid, entries, clashes = message
+            _, nid, entries, raw, clashes = message
             node = self.nodes[nid]
             node.remaining += 1
-            self.ready.append((-1, ("visit", nid, -1, node.root, node.components, node.path, entries, clashes)))
+            visit = ("visit", nid, -1, node.root, node.components, node.path, entries, raw, clashes)
+            self.ready.append((-1, visit))
         elif kind in ("visited", "finished"):
             _, nid, pending = message
             self.inflight[rank] -= 1
@@ -181,6 +182,8 @@ class DistributedWalker:
         self.gather = gather
         #: A wide directory's chunks go out to every rank and thread, unless there is only one of them.
         self.spread = dist.size * self.jobs > 1
+        #: The visitor takes names unparsed (`Listing.raw`): the native core's common case.
+        self.raw = bool(getattr(visitor, "raw_names", False))
         self.tasks: queue.SimpleQueue[Message | None] = queue.SimpleQueue()
         self.outbox: queue.SimpleQueue[Message] = queue.SimpleQueue()
         self.held: dict[int, Listing] = {}
@@ -379,7 +382,7 @@ class DistributedWalker:
             return
         fd = opened[0]
         try:
-            listing = list_directory(fd, path)
+            listing = list_directory(fd, path, raw=self.raw)
         except OSError as exc:
             os.close(fd)
             self.visitor.error(path, exc)
@@ -387,9 +390,9 @@ class DistributedWalker:
             return
         pending = False
         try:
-            for part in chunks(listing):
+            for part in chunks(listing, raw=self.raw):
                 if listing.streamed and self.spread:
-                    self.outbox.put(("chunk", nid, part.entries, listing.clashes))
+                    self.outbox.put(("chunk", nid, part.entries, part.raw, listing.clashes))
                 else:
                     pending |= self.visitor.visit(part)
         except OSError as exc:  # a streamed directory could not be read again: report it, go on below
@@ -397,6 +400,7 @@ class DistributedWalker:
             pending = True
         # Only the markers are needed to finish it; the rest is released now.
         listing.entries = [e for e in listing.entries if isinstance(e.parsed, DirMarker)]
+        listing.raw = []
         with self.lock:
             self.held[nid] = listing
         self._report(("listed", nid, listing.subdirs, pending, True))
@@ -409,6 +413,7 @@ class DistributedWalker:
         components: tuple[bytes, ...],
         path: bytes,
         entries: list[Entry],
+        raw: list[bytes],
         clashes: dict[bytes, int],
     ) -> None:
         try:
@@ -423,7 +428,7 @@ class DistributedWalker:
             return
         fd, owned = opened
         try:
-            pending = self.visitor.visit(Listing(fd, path, entries, [], clashes))
+            pending = self.visitor.visit(Listing(fd, path, entries, [], clashes, raw=raw))
         finally:
             if owned:
                 os.close(fd)

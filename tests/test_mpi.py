@@ -177,6 +177,27 @@ def test_same_end_state_and_records_as_serial(
     assert report[-1]["summary"] is True
     assert sum(1 for o in report if o.get("summary")) == 1
     assert record_set(report[:-1], dst) == serial_records
+    assert {o["rank"] for o in report[:-1]} == set(range(ranks))
+
+
+def test_status_and_cleanup_as_serial(
+    tmp_path: Path, skewed: tuple[Path, dict[str, tuple[Any, ...]], set[Any]]
+) -> None:
+    tree, serial_state, _ = skewed
+    before = state(tree)
+    serial = run_cli("status", "--json", tree, check=0)
+    run = mpirun(3, "status", "--mpi", "--json", tree)
+    assert run.exits == {0: 0, 1: 0, 2: 0}, run.stderr
+    records, _ = run.json()
+    serial_records = [json.loads(line) for line in serial.stdout.splitlines()][:-1]
+    assert record_set(records, tree) == record_set(serial_records, tree)
+    assert {r["cleanup"] for r in records} == {"too young"}
+    assert state(tree) == before  # status changes nothing
+    dst = copy_tree(tree, tmp_path / "dst")
+    time.sleep(1.1)  # the copy's ctimes are now: they must be older than --older-than
+    run = mpirun(3, "cleanup", "--mpi", "--older-than", "1s", dst)
+    assert run.exits == {0: 0, 1: 0, 2: 0}, run.stderr
+    assert state(dst) == serial_state  # every orphan committed, every marker applied, as finalize does
 
 
 def test_hostile_entry_exit_4_on_every_rank(tmp_path: Path) -> None:
