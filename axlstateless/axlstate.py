@@ -24,6 +24,7 @@ from typing import Final
 
 from . import kvtree
 from .errors import KVTreeError, NotAxlStateError, StateFileError, UsageError
+from .walk import AnyPath
 
 __all__ = [
     "AXL_EXTENSION",
@@ -41,7 +42,6 @@ __all__ = [
     "XFER_DATAWARP",
     "XFER_PTHREAD",
     "XFER_SYNC",
-    "AnyPath",
     "AxlFile",
     "AxlTransfer",
     "find_state_files",
@@ -49,9 +49,6 @@ __all__ = [
     "read_state_file",
     "split_axl_name",
 ]
-
-#: A path as the caller has it: str, bytes or a path object.
-AnyPath = str | bytes | os.PathLike[str] | os.PathLike[bytes]
 
 #: AXL's marker between a final name and its temporary's extra part (``AXL_EXTENSION``, axl.c).
 AXL_EXTENSION: Final = b"._AXL"
