@@ -395,3 +395,19 @@ def test_lsf_poststage_script_takes_axl_state_dir(tmp_path: Path, monkeypatch: p
     spoken = {p for p in snapshot(root) if p.startswith("dst/axl-finalize.")}
     check_manifest(root, info, before, {k: v for k, v in snapshot(root).items() if k not in spoken})
     assert not states[0].exists()
+
+
+def test_dry_run_changes_nothing_and_keeps_the_state_file(tmp_path: Path) -> None:
+    root, _, states = extract("b1", tmp_path)
+    before = snapshot(root)
+    code, _, summary, err = cli_json("finalize", root / "dst", "--axl-state", root / "state", "--dry-run")
+    assert snapshot(root) == before and states[0].exists()
+    assert (summary["committed"], summary["aborted"], code) == (22, 8, 1)
+    assert "removed" not in err
+
+
+def test_help_says_what_the_options_risk() -> None:
+    out = CliRunner().invoke(cli, ["cleanup", "--help"]).stdout
+    assert "--delete-legacy" in out and "only copy of complete data" in " ".join(out.split())
+    for command in ("finalize", "cleanup", "status"):
+        assert "--axl-state" in CliRunner().invoke(cli, [command, "--help"]).stdout
