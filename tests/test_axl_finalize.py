@@ -411,3 +411,11 @@ def test_help_says_what_the_options_risk() -> None:
     assert "--delete-legacy" in out and "only copy of complete data" in " ".join(out.split())
     for command in ("finalize", "cleanup", "status"):
         assert "--axl-state" in CliRunner().invoke(cli, [command, "--help"]).stdout
+
+
+def test_axl_state_is_refused_with_mpi_before_anything_changes(tmp_path: Path) -> None:
+    root, _, _ = extract("a2", tmp_path)
+    before = snapshot(root)
+    with pytest.raises(UsageError, match="--mpi"):
+        finalize([root / "dst"], [].append, FinalizeOptions(axl_state=[root / "state"], mpi=object()))  # type: ignore[arg-type]
+    assert snapshot(root) == before
