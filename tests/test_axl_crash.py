@@ -71,7 +71,7 @@ def build(base: Path, seed: int, ranks: int, per_rank: int) -> tuple[Path, Path,
 
 
 def test_sigkill_at_random_instants_with_state_files(tmp_path: Path) -> None:
-    ranks, kills = int(500 * SOAK), int(8 * SOAK)
+    ranks, kills = int(500 * SOAK), int(6 * SOAK)
     dst, state, expects = build(tmp_path, 13, ranks, 4)
     extra = ["--axl-state", os.fspath(state)]
     rng = random.Random(13)
