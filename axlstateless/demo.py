@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .backends.ibmbb import IbmBBBackend
-from .bbsim.spool import FileEntry, Spool
+from .bbsim import FileEntry, Spool, start_copy
 from .errors import UsageError
 from .finalize import FinalizeOptions, finalize
 from .prestage import StagePair, prestage
@@ -105,7 +105,7 @@ def run_demo(
         pairs = [StagePair(bytes(src), bytes(pfs / src.relative_to(bb))) for src in files]
         staged = prestage(pairs, handle=handles[rank])
         entries = [FileEntry(os.fsdecode(f.source), os.fsdecode(f.temporary), 0) for f in staged.files]
-        spool.start_copy(jobid, 0, rank, handles[rank], entries)
+        start_copy(spool, jobid, 0, rank, handles[rank], entries)
 
     log("the job ends; the post-stage finalize waits on the BB through bbcmd (the simulator's)")
     bbcmd = _bbcmd_wrapper(work, spool_dir)

@@ -14,7 +14,7 @@ import pytest
 
 import axlstateless
 from axlstateless.backends.bbcmd_reply import status_name
-from axlstateless.bbsim.spool import FileEntry, Spool
+from axlstateless.bbsim import FileEntry, Spool, start_copy
 
 FAKE = Path(__file__).parent / "fakes" / "scripted_bbcmd.py"
 PACKAGE_ROOT = str(Path(axlstateless.__path__[0]).parent)
@@ -130,7 +130,7 @@ class Sim:
         return self.lib.get_handle(self.jobid, 0, tag, [0])
 
     def copy(self, handle: int, pairs: list[tuple[Path, Path]]) -> None:
-        self.lib.start_copy(self.jobid, 0, 0, handle, [FileEntry(str(s), str(d), 0) for s, d in pairs])
+        start_copy(self.lib, self.jobid, 0, 0, handle, [FileEntry(str(s), str(d), 0) for s, d in pairs])
 
     def status(self, handle: int) -> str:
         return status_name(self.lib.view(self.jobid, 0, handle).status)

@@ -19,7 +19,7 @@ from click.testing import CliRunner
 from conftest import run_cli, temporaries
 
 from axlstateless.backends.bbcmd_reply import STATUS_VALUES
-from axlstateless.bbsim.spool import FileEntry, Spool
+from axlstateless.bbsim import FileEntry, Spool, start_copy
 from axlstateless.cli import cli
 from axlstateless.errors import EXIT_ABORTED, EXIT_LEFT, EXIT_OK, EXIT_TIMEOUT, EXIT_USAGE
 from axlstateless.nameformat import TempName
@@ -67,7 +67,7 @@ class Job:
         if fail_after is not None:
             self.spool.update_injections(fail={handle: fail_after})
         temp = os.fsdecode(staged.files[0].temporary)
-        self.spool.start_copy(self.sim.jobid, 0, 0, handle, [FileEntry(str(source), temp, 0)])
+        start_copy(self.spool, self.sim.jobid, 0, 0, handle, [FileEntry(str(source), temp, 0)])
         self.handles[name] = handle
         return handle
 

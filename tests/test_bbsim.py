@@ -370,7 +370,7 @@ def test_mover_started_in_process_is_detached(spool: Path, tmp_path: Path, threa
     runs one thread, a fresh interpreter when it runs more."""
     import threading
 
-    from axlstateless.bbsim.spool import FileEntry, Spool
+    from axlstateless.bbsim import FileEntry, Spool, start_copy
 
     sim = Spool(spool)
     sim.ensure()
@@ -381,7 +381,7 @@ def test_mover_started_in_process_is_detached(spool: Path, tmp_path: Path, threa
     if other is not None:
         other.start()
     try:
-        sim.start_copy(JOB, 0, 0, 91, [FileEntry(str(src), str(dst), 0)])
+        start_copy(sim, JOB, 0, 0, 91, [FileEntry(str(src), str(dst), 0)])
     finally:
         stop.set()
         if other is not None:

@@ -21,7 +21,7 @@ import pytest
 from bbkit import PACKAGE_ROOT, Sim
 from conftest import run_cli
 
-from axlstateless.bbsim.spool import FileEntry
+from axlstateless.bbsim import FileEntry, start_copy
 from axlstateless.nameformat import TempName
 from axlstateless.prestage import StagePair, prestage
 
@@ -315,7 +315,7 @@ def test_bbcmd_calls_do_not_grow_with_ranks(tmp_path: Path, monkeypatch: pytest.
         if rank == 5:
             sim.lib.update_injections(fail={handle: 50})
         files = [FileEntry(os.fsdecode(f.source), os.fsdecode(f.temporary), 0) for f in staged.files]
-        sim.lib.start_copy(sim.jobid, 0, 0, handle, files)
+        start_copy(sim.lib, sim.jobid, 0, 0, handle, files)
     deadline = time.monotonic() + 30
     while any(sim.status(h) in ("BBNOTSTARTED", "BBINPROGRESS") for h in handles):
         assert time.monotonic() < deadline

@@ -15,7 +15,7 @@ import pytest
 from bbkit import PACKAGE_ROOT, Sim
 from conftest import run_cli, temporaries
 
-from axlstateless.bbsim.spool import FileEntry, Spool
+from axlstateless.bbsim import FileEntry, Spool, start_copy
 from axlstateless.prestage import StagePair, prestage
 
 POSTSTAGE = Path(PACKAGE_ROOT) / "tools" / "lsf" / "axl-poststage"
@@ -36,7 +36,7 @@ def stage_root(root: Path, sim: Sim, spool: Spool, names: dict[str, bool]) -> li
             spool.update_injections(fail={handle: 1000})
         staged = prestage([StagePair(bytes(src / name), bytes(root / name))], handle=handle)
         entry = FileEntry(str(src / name), os.fsdecode(staged.files[0].temporary), 0)
-        spool.start_copy(sim.jobid, 0, 0, handle, [entry])
+        start_copy(spool, sim.jobid, 0, 0, handle, [entry])
         handles.append(handle)
     return handles
 

@@ -4,11 +4,16 @@ Shipped in the package so that users can rehearse their post-stage scripts and t
 the real ``ibmbb`` code path: ``axl-stateless finalize --backend ibmbb --bbcmd axl-bbsim`` runs exactly
 what runs on the machine.
 
-* `spool`    the state: one directory of small JSON files, flock'ed and renamed atomically, so that
+* `model`    settings, injected failures, file lists, and how a handle's BB status follows from its
+             contributors' copies (pure: no I/O).
+* `spool`    the store: one directory of small JSON files, flock'ed and renamed atomically, so that
              any number of ``axl-bbsim`` processes (one per rank) can run at once.
+* `process`  whether a mover still runs (/proc, pid and start time).
 * `mover`    one detached process per ``copy``; it writes into the existing destination as bbServer
              does (``O_CREAT | O_TRUNC | O_WRONLY``), at a configured rate, and honours cancel and
              injected failures.
+* `launch`   ``start_copy``: records a copy in the spool and starts its mover (the only module that
+             knows both, so neither imports the other).
 * `commands` bbcmd's commands and reply shape (every value a string, replies nested under ranks with
              ``--target``, ``handles`` as one ``"(h1,h2)"`` string).
 * `cli`      the ``axl-bbsim`` console script (click); ``axl-bbsim --help`` documents the spool, the
@@ -23,6 +28,8 @@ named by ``--target`` gives the same answer; file-list lines are split on white 
 
 from __future__ import annotations
 
-from .spool import Config, SimError, Spool, default_spool
+from .launch import start_copy
+from .model import Config, FileEntry, SimError
+from .spool import Spool, default_spool
 
-__all__ = ["Config", "SimError", "Spool", "default_spool"]
+__all__ = ["Config", "FileEntry", "SimError", "Spool", "default_spool", "start_copy"]

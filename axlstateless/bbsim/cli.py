@@ -21,7 +21,7 @@ import click
 from axlstateless.backends.bbcmd_reply import STATUS_VALUES, status_name
 
 from . import commands
-from .spool import (
+from .model import (
     ENV_FAIL_HANDLES,
     ENV_FILE_DELAY,
     ENV_GARBAGE,
@@ -30,8 +30,8 @@ from .spool import (
     ENV_START_DELAY,
     SPOOL_ENV,
     SimError,
-    Spool,
 )
+from .spool import Spool
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -13,7 +13,9 @@ from typing import Any, Final
 
 from axlstateless.backends.bbcmd_reply import STATUS_VALUES, status_name
 
-from .spool import FileEntry, SimError, Spool, parse_filelist
+from .launch import start_copy
+from .model import FileEntry, SimError, parse_filelist
+from .spool import Spool
 
 DEFAULT_NUMHANDLES: Final = 1024
 BBALL: Final = 0xFFFF  # a match mask of every status bit
@@ -133,7 +135,7 @@ def copy(
         FileEntry(os.path.abspath(e.source), os.path.abspath(e.destination), e.flags)
         for e in parse_filelist(text, filelist)
     ]
-    spool.start_copy(jobid, jobstepid, contribid, handle, entries)
+    start_copy(spool, jobid, jobstepid, contribid, handle, entries)
     return out
 
 

@@ -1,7 +1,7 @@
 """The simulator's mover: one detached process per ``copy``, copying its file list as bbServer does.
 
-Forked by `spool.spawn_mover` (`run_detached`), or, from a caller with threads, run as
-``python -m axlstateless.bbsim.mover [--detach] SPOOL JOBID HANDLE CONTRIB``.
+Forked by `launch.spawn_mover` (`run_detached`), or, from a caller with threads, run as
+a fresh interpreter that calls `main` with ``[--detach] SPOOL JOBID HANDLE CONTRIB``.
 Each destination is opened with ``O_CREAT | O_TRUNC | O_WRONLY`` and the source's mode (which only
 matters when the file is created), so a pre-created destination keeps its inode, owner, mode and extended
 attributes, and its mtime becomes the copy's time: exactly what the real BB does to a temporary.
@@ -24,7 +24,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Final, NoReturn
 
-from .spool import BB_RECURSIVE, Config, FileEntry, Spool
+from .model import BB_RECURSIVE, Config, FileEntry
+from .spool import Spool
 
 _CHECK_EVERY: Final = 0.05  # seconds between looks at cancel/fail flags
 _PROGRESS_EVERY: Final = 0.2  # seconds between progress file writes
@@ -225,7 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if detach:
         args.pop(0)
     if len(args) != 4:
-        sys.stderr.write("usage: python -m axlstateless.bbsim.mover [--detach] SPOOL JOBID HANDLE CONTRIB\n")
+        sys.stderr.write("usage: mover [--detach] SPOOL JOBID HANDLE CONTRIB\n")
         return 2
     spool_path, jobid, handle, contrib = args
     spool = Spool(os.path.abspath(spool_path))

@@ -1,4 +1,4 @@
-"""The simulator's state: one spool directory of small JSON files, safe under concurrent invocations.
+"""The simulator's store: one spool directory of small JSON files, safe under concurrent invocations.
 
 Layout (every file replaced by an atomic rename, so a reader never sees half of one)::
 
@@ -23,42 +23,32 @@ import fcntl
 import json
 import os
 import stat
-import subprocess
-import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Any
 
-from axlstateless.backends.bbcmd_reply import STATUS_VALUES
-
-SPOOL_ENV: Final = "AXL_BBSIM_SPOOL"
-FIRST_HANDLE: Final = 2**32 + 1  # real handles are large uint64s; small ones would hide formatting bugs
-DEFAULT_RATE: Final = 200e6  # bytes per second
-#: A transfer entry with no mover pid after this long belongs to a ``copy`` that died while starting one.
-SPAWN_GRACE: Final = 30.0
-BB_RECURSIVE: Final = 0x1  # BBFILEFLAGS: create missing parent directories of the destination
-
-# Environment overrides of config.json, read by every bbsim process (the mover inherits copy's env).
-ENV_RATE: Final = "AXL_BBSIM_RATE"
-ENV_FILE_DELAY: Final = "AXL_BBSIM_FILE_DELAY"
-ENV_START_DELAY: Final = "AXL_BBSIM_START_DELAY"
-ENV_FAIL_HANDLES: Final = "AXL_BBSIM_FAIL_HANDLES"
-ENV_HANG: Final = "AXL_BBSIM_HANG"
-ENV_GARBAGE: Final = "AXL_BBSIM_GARBAGE"
-
-
-class SimError(Exception):
-    """A bbcmd-level failure: becomes a reply with a non-zero ``rc`` and an ``error`` object."""
-
-    def __init__(self, text: str, func: str, rc: int = -1) -> None:
-        self.text = text
-        self.func = func
-        self.rc = rc
-        super().__init__(f"{func}: {text}")
+from .model import (
+    DEFAULT_RATE,
+    ENV_FAIL_HANDLES,
+    ENV_FILE_DELAY,
+    ENV_GARBAGE,
+    ENV_HANG,
+    ENV_RATE,
+    ENV_START_DELAY,
+    FIRST_HANDLE,
+    SPAWN_GRACE,
+    SPOOL_ENV,
+    STATE_STATUS,
+    Config,
+    FileEntry,
+    HandleView,
+    Injections,
+    SimError,
+    handle_status,
+)
+from .process import process_alive
 
 
 def default_spool() -> Path:
@@ -67,94 +57,6 @@ def default_spool() -> Path:
     if env:
         return Path(env)
     return Path(tempfile.gettempdir()) / f"axl-bbsim-{os.geteuid()}"
-
-
-@dataclass(frozen=True, slots=True)
-class Config:
-    """How the simulated BB moves data; `load_config` merges config.json with the environment."""
-
-    rate: float = DEFAULT_RATE  # bytes per second, per copy
-    file_delay: float = 0.0  # seconds before each file
-    start_delay: float = 0.0  # seconds a copy stays BBNOTSTARTED
-    hang: float = 0.0  # seconds every bbcmd call sleeps before answering
-    garbage: bool = False  # every bbcmd call prints garbage instead of JSON
-
-
-@dataclass(slots=True)
-class Injections:
-    """Failures to play; per handle (keys are handle numbers) and for the next bbcmd calls."""
-
-    fail: dict[int, int | None] = field(default_factory=dict)  # handle -> fail after N bytes (None: half)
-    status: dict[int, int] = field(default_factory=dict)  # handle -> forced status value
-    hang_calls: int = 0
-    hang_seconds: float = 0.0
-    garbage_calls: int = 0
-    error_calls: int = 0
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "fail": {str(h): n for h, n in sorted(self.fail.items())},
-            "status": {str(h): v for h, v in sorted(self.status.items())},
-            "hang_calls": self.hang_calls,
-            "hang_seconds": self.hang_seconds,
-            "garbage_calls": self.garbage_calls,
-            "error_calls": self.error_calls,
-        }
-
-    @classmethod
-    def from_json(cls, obj: Mapping[str, Any]) -> Injections:
-        return cls(
-            fail={int(h): (None if n is None else int(n)) for h, n in obj.get("fail", {}).items()},
-            status={int(h): int(v) for h, v in obj.get("status", {}).items()},
-            hang_calls=int(obj.get("hang_calls", 0)),
-            hang_seconds=float(obj.get("hang_seconds", 0.0)),
-            garbage_calls=int(obj.get("garbage_calls", 0)),
-            error_calls=int(obj.get("error_calls", 0)),
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class HandleView:
-    """What ``getstatus`` reports of one handle, derived from its record and its movers."""
-
-    handle: int
-    jobid: str
-    jobstepid: int
-    tag: int
-    contribs: tuple[int, ...]
-    status: int
-    reporting: int
-    moved: int
-    local: Mapping[int, tuple[int, int]]  # contrib -> (local status, bytes moved)
-
-    def local_status(self, contribid: int) -> tuple[int, int]:
-        if contribid not in self.contribs:
-            return STATUS_VALUES["BBNOTACONTRIB"], 0
-        return self.local.get(contribid, (STATUS_VALUES["BBNOTREPORTED"], 0))
-
-
-@dataclass(frozen=True, slots=True)
-class FileEntry:
-    source: str
-    destination: str
-    flags: int
-
-
-def parse_filelist(text: str, filelist: str) -> list[FileEntry]:
-    """``<source> <destination> [<flags>]`` per line, white-space separated, as bbcmd reads it."""
-    entries = []
-    for line in text.splitlines():
-        words = line.split()
-        if not words:
-            continue
-        if len(words) not in (2, 3):
-            raise SimError(f"Invalid number of parameters for filelist {filelist}: {line!r}", "bbcmd_copy")
-        try:
-            flags = int(words[2], 0) if len(words) == 3 else 0
-        except ValueError:
-            raise SimError(f"Invalid file flags in filelist {filelist}: {line!r}", "BB_AddFiles") from None
-        entries.append(FileEntry(words[0], words[1], flags))
-    return entries
 
 
 def _write_json(path: Path, obj: object) -> None:
@@ -181,30 +83,6 @@ def _locked(path: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # closing drops the flock
-
-
-def process_alive(pid: int, start: int | None) -> bool:
-    """True if `pid` runs and is the process that started at `start` (clock ticks since boot).
-
-    A zombie counts as dead: where PID 1 does not reap orphans, a finished mover stays a zombie.
-    """
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
-            fields = f.read().rpartition(")")[2].split()
-    except OSError:
-        return False
-    if not fields or fields[0] in ("Z", "X", "x"):
-        return False
-    return start is None or (len(fields) > 19 and fields[19] == str(start))
-
-
-def process_start(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
-            fields = f.read().rpartition(")")[2].split()
-        return int(fields[19])
-    except (OSError, IndexError, ValueError):
-        return None
 
 
 class Spool:
@@ -355,12 +233,9 @@ class Spool:
             _write_json(index_path, index)
         return handle
 
-    def start_copy(self, jobid: str, jobstepid: int, contribid: int, handle: int, files: Sequence[FileEntry]) -> None:
-        """Record contributor `contribid`'s file list on `handle` and start its detached mover.
-
-        A handle that ``gethandle`` never gave is accepted and created with this one contributor, so a
-        rehearsal script need not call gethandle; the real BB would refuse it.
-        """
+    def add_transfer(self, jobid: str, jobstepid: int, contribid: int, handle: int, files: Sequence[FileEntry]) -> None:
+        """Record contributor `contribid`'s file list on `handle`, its mover not started yet
+        (`launch.start_copy` starts it). Raises `SimError` as ``BB_StartTransfer`` would."""
         self.ensure()
         job_dir = self._job_dir(jobid)
         job_dir.mkdir(exist_ok=True)
@@ -390,15 +265,14 @@ class Spool:
             _write_json(job_dir / f"{handle}.c{contribid}.files", [[f.source, f.destination, f.flags] for f in files])
             record["transfers"][str(contribid)] = {"started": time.time(), "pid": None, "pidstart": None}
             _write_json(job_dir / f"{handle}.json", record)
-        try:
-            pid = spawn_mover(self.path, jobid, handle, contribid)
-        except OSError as exc:
-            self.write_progress(jobid, handle, contribid, {"state": "failed", "moved": 0, "error": str(exc)})
-            return
+
+    def set_mover(self, jobid: str, handle: int, contribid: int, pid: int, pidstart: int | None) -> None:
+        """Note the mover of a transfer `add_transfer` recorded, so its death can be told from /proc."""
+        job_dir = self._job_dir(jobid)
         with _locked(job_dir / f"{handle}.lock"):
             latest = self._load(jobid, handle)
             if latest is not None:
-                latest["transfers"][str(contribid)].update(pid=pid, pidstart=process_start(pid))
+                latest["transfers"][str(contribid)].update(pid=pid, pidstart=pidstart)
                 _write_json(job_dir / f"{handle}.json", latest)
 
     def cancel(self, jobid: str, jobstepid: int, contribid: int, handle: int, scope: str) -> None:
@@ -445,23 +319,8 @@ class Spool:
                 state = "canceling"  # the mover has not noticed yet; it stays in progress until it stops
             states.append(state)
             moved_total += moved
-            local[contrib] = (_STATE_STATUS[state], moved)
-        if injected is not None:
-            status = injected
-        elif any(s in ("running", "canceling") for s in states):
-            status = STATUS_VALUES["BBINPROGRESS"]
-        elif any(s == "queued" for s in states):
-            status = STATUS_VALUES["BBNOTSTARTED"]
-        elif record["canceled"] or "canceled" in states:
-            status = STATUS_VALUES["BBCANCELED"]
-        elif "failed" in states:
-            status = STATUS_VALUES["BBFAILED"]
-        elif not states:
-            status = STATUS_VALUES["BBNOTSTARTED"]
-        elif len(states) < len(contribs):
-            status = STATUS_VALUES["BBINPROGRESS"]  # waiting for the other contributors to report
-        else:
-            status = STATUS_VALUES["BBFULLSUCCESS"]
+            local[contrib] = (STATE_STATUS[state], moved)
+        status = handle_status(states, len(contribs), canceled=record["canceled"], injected=injected)
         return HandleView(
             handle=handle,
             jobid=record["jobid"],
@@ -507,96 +366,3 @@ class Spool:
 
     def write_progress(self, jobid: str, handle: int, contrib: int, progress: Mapping[str, Any]) -> None:
         _write_json(self._job_dir(jobid) / f"{handle}.c{contrib}.progress", dict(progress))
-
-
-_STATE_STATUS: Final[Mapping[str, int]] = {
-    "queued": STATUS_VALUES["BBNOTSTARTED"],
-    "running": STATUS_VALUES["BBINPROGRESS"],
-    "canceling": STATUS_VALUES["BBINPROGRESS"],
-    "done": STATUS_VALUES["BBFULLSUCCESS"],
-    "failed": STATUS_VALUES["BBFAILED"],
-    "canceled": STATUS_VALUES["BBCANCELED"],
-}
-
-
-def _package_root() -> str:
-    return str(Path(__file__).resolve().parent.parent.parent)
-
-
-def spawn_mover(spool: Path, jobid: str, handle: int, contrib: int) -> int:
-    """Start the mover of one copy, detached from the caller; its pid.
-
-    The mover is a grandchild that its parent abandons at once, so it is never a child of the caller:
-    a long-lived caller (a test, the demo) keeps no zombie, and the mover survives the caller's exit,
-    as BB transfers outlive the job that started them. A single-threaded caller forks without exec
-    (about a millisecond; a fresh interpreter costs ~100 ms, which made a 64-rank demo spend 9 of its
-    10 s starting movers); forking a process with other threads could copy a lock held by one of them,
-    so such a caller runs ``python -m axlstateless.bbsim.mover --detach`` instead.
-    """
-    log = os.open(spool / "mover.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
-    try:
-        if threading.active_count() == 1 and hasattr(os, "fork"):
-            return _fork_mover(spool, jobid, handle, contrib, log)
-        return _exec_mover(spool, jobid, handle, contrib, log)
-    finally:
-        os.close(log)
-
-
-def _fork_mover(spool: Path, jobid: str, handle: int, contrib: int, log: int) -> int:
-    from .mover import run_detached  # noqa: PLC0415 - the mover imports this module
-
-    rfd, wfd = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the intermediate child, then the mover; neither returns
-        code = 1
-        try:
-            os.close(rfd)
-            os.setsid()  # a signal to the caller's process group (^C, a job kill) is not the mover's
-            if os.fork() == 0:
-                run_detached(spool, jobid, handle, contrib, report_fd=wfd, log_fd=log)  # calls os._exit
-            code = 0
-        finally:
-            os._exit(code)
-    os.close(wfd)
-    try:
-        with os.fdopen(rfd, "rb") as reader:
-            line = reader.readline()
-    finally:
-        _, status = os.waitpid(pid, 0)  # the intermediate exits at once: reap it, leave no zombie
-    try:
-        return int(line)
-    except ValueError:
-        raise OSError(
-            f"the mover did not start (exit status {os.waitstatus_to_exitcode(status)}, see {spool / 'mover.log'})"
-        ) from None
-
-
-def _exec_mover(spool: Path, jobid: str, handle: int, contrib: int, log: int) -> int:
-    env = dict(os.environ)
-    # Run the same code as this process, installed or not.
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (_package_root(), env.get("PYTHONPATH", "")) if p)
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "axlstateless.bbsim.mover",
-            "--detach",
-            str(spool),
-            jobid,
-            str(handle),
-            str(contrib),
-        ],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=log,
-        env=env,
-        start_new_session=True,
-    )
-    assert proc.stdout is not None  # noqa: S101 - stdout=PIPE above
-    with proc.stdout:
-        line = proc.stdout.readline()
-    rc = proc.wait()
-    try:
-        return int(line)
-    except ValueError:
-        raise OSError(f"the mover did not start (exit status {rc}, see {spool / 'mover.log'})") from None

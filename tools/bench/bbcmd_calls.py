@@ -19,7 +19,8 @@ from pathlib import Path
 
 import benchlib as b
 
-from axlstateless.bbsim.spool import ENV_RATE, FIRST_HANDLE, SPOOL_ENV, FileEntry, Spool
+from axlstateless.bbsim import FileEntry, Spool, start_copy
+from axlstateless.bbsim.model import ENV_RATE, FIRST_HANDLE, SPOOL_ENV
 from axlstateless.nameformat import TempName
 
 JOBID = "4242"
@@ -55,7 +56,7 @@ def main() -> None:
             tmp.write_bytes(b"")
             # The mover reads its rate when it starts: slow ones take `wait` seconds for their bytes.
             os.environ[ENV_RATE] = str(size / args.wait) if slow else "1e9"
-            sim.start_copy(JOBID, 0, 0, handle, [FileEntry(str(src / "data"), str(tmp), 0)])
+            start_copy(sim, JOBID, 0, 0, handle, [FileEntry(str(src / "data"), str(tmp), 0)])
         del os.environ[ENV_RATE]
         made = time.perf_counter() - t
         print(f"{args.handles} handles started in {made:.0f}s ({args.slow} slow, ~{args.wait:.0f}s each)")
