@@ -494,3 +494,16 @@ def test_every_help_lists_the_signal_exit_code() -> None:
         assert "128+N" in out and "130" in out and "143" in out, command
     readme = (Path(__file__).parent.parent / "README.md").read_text()
     assert "| 128+N |" in readme
+
+
+def test_demo_output_into_a_closed_pipe(tmp_path: Path) -> None:
+    with subprocess.Popen(
+        [*CLI, "demo", "--ranks", "2", "--failures", "1", "--dir", tmp_path / "d", "-q"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    ) as proc:
+        assert proc.stdout is not None and proc.stderr is not None
+        proc.stdout.close()  # the reader is gone before the table is printed
+        err = proc.stderr.read()
+    assert proc.returncode == 0, err
+    assert b"Error" not in err and b"Traceback" not in err and b"Exception ignored" not in err

@@ -13,6 +13,7 @@ from axlstateless.demo import DemoResult, remove_workdir, run_demo
 from axlstateless.errors import AxlError
 
 from .options import SIGNAL_EXIT_HELP, handles_errors
+from .output import SafeOutput
 
 DEMO_EXIT_CODES_HELP = (
     """\b
@@ -56,10 +57,12 @@ def command(ranks: int, seed: int, failures: int, workdir: Path | None, keep: bo
         result = run_demo(ranks=ranks, seed=seed, failures=failures, workdir=workdir, log=log)
     except SimError as exc:  # the simulator's own failure (a spool that is not ours): one line
         raise AxlError(None, f"the simulated burst buffer failed: {exc}") from None
+    out = SafeOutput(sys.stdout)  # `demo | head -3`: a closed pipe ends the printing, not the check
     if as_json:
-        click.echo(json.dumps(_as_json(result, keep)))
+        out.write(json.dumps(_as_json(result, keep)) + "\n")
     else:
-        _print_table(result, keep)
+        _print_table(out, result, keep)
+    out.flush()
     if not keep and workdir is None:
         remove_workdir(result.workdir)
     sys.exit(0 if result.as_expected else 1)
@@ -88,7 +91,7 @@ def _as_json(result: DemoResult, keep: bool) -> dict[str, object]:
     }
 
 
-def _print_table(result: DemoResult, keep: bool) -> None:
+def _print_table(out: SafeOutput, result: DemoResult, keep: bool) -> None:
     rows = [
         ("ranks", str(result.ranks)),
         ("files written", str(result.files)),
@@ -105,9 +108,9 @@ def _print_table(result: DemoResult, keep: bool) -> None:
     ]
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
-        click.echo(f"{key:<{width}}  {value}")
+        out.write(f"{key:<{width}}  {value}\n")
     for problem in result.mismatches[:20]:
         click.echo(f"MISMATCH {problem}", err=True)
-    click.echo(f"result: {'as expected' if result.as_expected else 'NOT as expected'}")
+    out.write(f"result: {'as expected' if result.as_expected else 'NOT as expected'}\n")
     if keep:
-        click.echo(f"kept: {result.workdir}")
+        out.write(f"kept: {result.workdir}\n")
