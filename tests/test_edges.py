@@ -152,9 +152,11 @@ def test_ibmbb_option_selects_ibmbb_and_a_failed_transfer_is_aborted(
 def test_ibmbb_option_with_backend_none_is_refused(tmp_path: Path, option: list[str]) -> None:
     forge(tmp_path, "a", b"abc")
     before = snapshot(tmp_path)
-    proc = run_cli("finalize", "--backend", "none", *option, tmp_path, check=2)
-    assert f"{option[0]}: only for --backend ibmbb, not --backend none" in proc.stderr
+    report = tmp_path.parent / f"{tmp_path.name}.jsonl"
+    proc = run_cli("finalize", "--backend", "none", *option, "--report", report, tmp_path, check=2)
+    assert error_lines(proc.stderr) == [f"Error: {option[0]}: only for --backend ibmbb, not --backend none"]
     assert snapshot(tmp_path) == before
+    assert "only for --backend ibmbb" in summary_of(report.read_text())["error"]
 
 
 # --- pre-stage refuses what no commit could honour, before any change ---------------------------------------

@@ -142,9 +142,10 @@ _BACKEND_PARAMS: Final = ("backend", "bbcmd", "jobid", "jobstepid", "poll_interv
 _IBMBB_PARAMS: Final = _BACKEND_PARAMS[1:]
 
 
-def _backend_name(ctx: click.Context, chosen: str) -> str:
+def _backend_name(ctx: click.Context, chosen: str) -> str | UsageError:
     """An ibmbb option (--bbcmd, --jobid, ...) selects the ibmbb backend when --backend is not given, and
-    is refused with another backend: silently ignored, a BBFAILED transfer would be committed."""
+    is refused with another backend: silently ignored, a BBFAILED transfer would be committed. The
+    refusal is returned, for the factory to raise once the report is open."""
     given = [
         f"--{name.replace('_', '-')}"
         for name in _IBMBB_PARAMS
@@ -155,8 +156,14 @@ def _backend_name(ctx: click.Context, chosen: str) -> str:
     if ctx.get_parameter_source("backend") in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP):
         return "ibmbb"
     if chosen != "ibmbb":
-        raise click.UsageError(f"{', '.join(given)}: only for --backend ibmbb, not --backend {chosen}")
+        return UsageError(", ".join(given), f"only for --backend ibmbb, not --backend {chosen}")
     return chosen
+
+
+def _create(name: str | UsageError, options: dict[str, Any]) -> Backend:
+    if isinstance(name, UsageError):
+        raise name
+    return create_backend(name, options)
 
 
 def backend_options(func: F) -> F:
@@ -179,7 +186,7 @@ def backend_options(func: F) -> F:
             "call_timeout": given["bbcmd_timeout"],
             "retries": given["bbcmd_retries"],
         }
-        kwargs["backend"] = functools.partial(create_backend, name, options)
+        kwargs["backend"] = functools.partial(_create, name, options)
         return func(*args, **kwargs)
 
     decorated: Any = wrapper
