@@ -39,7 +39,7 @@ from typing import ClassVar, Final
 from .axlstate import STATUS_ERROR, AxlFile, AxlTransfer, find_state_files, read_state_file, split_axl_name
 from .backends.base import TransferState
 from .engine import Settings, settle_file
-from .errors import AxlError, StateFileError, UsageError
+from .errors import AxlError, NotAxlStateError, StateFileError, UsageError
 from .metadata import Extras
 from .policy import Policy, Seen
 from .report import Kind, Outcome, Record, Sink
@@ -150,6 +150,12 @@ class AxlIndex:
                 try:
                     st = os.stat(found, follow_symlinks=False)
                     transfer = read_state_file(found)
+                except NotAxlStateError as exc:
+                    # SCR keeps kvtree files of its own beside AXL's: skipped when a directory search met
+                    # one, an error only when the user named it.
+                    if found == path:
+                        index.errors.append(exc)
+                    continue
                 except StateFileError as exc:
                     index.errors.append(exc)
                     continue

@@ -419,3 +419,17 @@ def test_axl_state_is_refused_with_mpi_before_anything_changes(tmp_path: Path) -
     with pytest.raises(UsageError, match="--mpi"):
         finalize([root / "dst"], [].append, FinalizeOptions(axl_state=[root / "state"], mpi=object()))  # type: ignore[arg-type]
     assert snapshot(root) == before
+
+
+def test_other_kvtree_files_in_a_state_directory_are_skipped(tmp_path: Path) -> None:
+    """SCR keeps kvtree files of its own beside AXL's: a directory search passes them over; one the user
+    names explicitly is an error (it is not an AXL state file)."""
+    from axlstateless import kvtree
+
+    root, _, _ = extract("a2", tmp_path)
+    other = root / "state" / "scr.index"
+    other.write_bytes(kvtree.dumps({b"DSET": {b"1": {}}}))
+    code, _, summary, err = cli_json("finalize", root / "dst", "--axl-state", root / "state", "--dry-run")
+    assert (code, summary["committed"]) == (0, 30) and "Error" not in err
+    code, _, _, err = cli_json("finalize", root / "dst", "--axl-state", other, "--dry-run")
+    assert code == 4 and f"Error: {other}" in err
