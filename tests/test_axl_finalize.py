@@ -23,6 +23,7 @@ import pytest
 from axlfixtures import SCENARIOS, WITH_STATE, extract
 from axlmake import Entry, write_state
 from click.testing import CliRunner
+from conftest import run_cli
 
 from axlstateless.axlsource import AxlIndex
 from axlstateless.backends.base import Backend, Progress, TransferState, TransferStatus
@@ -433,3 +434,22 @@ def test_other_kvtree_files_in_a_state_directory_are_skipped(tmp_path: Path) -> 
     assert (code, summary["committed"]) == (0, 30) and "Error" not in err
     code, _, _, err = cli_json("finalize", root / "dst", "--axl-state", other, "--dry-run")
     assert code == 4 and f"Error: {other}" in err
+
+
+def test_a_truncated_state_file_through_the_console_script(tmp_path: Path) -> None:
+    root, _, states = extract("g1", tmp_path)
+    whole = states[0].read_bytes()
+    before = snapshot(root)
+    for length in (0, 19, 20, len(whole) // 2, len(whole) - 1):
+        states[0].unlink()
+        states[0].write_bytes(whole[:length])
+        proc = run_cli("finalize", root / "dst", "--axl-state", states[0])
+        assert proc.returncode == 4, proc.stderr
+        assert "Traceback" not in proc.stderr
+        assert [line for line in proc.stderr.splitlines() if line.startswith("Error:")] == [
+            next(line for line in proc.stderr.splitlines() if line.startswith(f"Error: {states[0]}: "))
+        ]
+        after = snapshot(root)
+        assert {k: v for k, v in after.items() if k != "state/axl.state"} == {
+            k: v for k, v in before.items() if k != "state/axl.state"
+        }
