@@ -235,6 +235,12 @@ def test_missing_root_is_one_usage_error_on_every_rank(tmp_path: Path, command: 
     assert temp.exists()  # nothing changed
 
 
+def test_bad_option_is_one_message(tmp_path: Path) -> None:
+    run = mpirun(3, "finalize", "--mpi", "--jobs", "0", tmp_path)
+    assert run.exits == {0: 2, 1: 2, 2: 2}
+    assert run.stderr.count("Invalid value for '-j' / '--jobs'") == 1, run.stderr
+
+
 def test_without_mpi4py_mpi_is_a_usage_error(tmp_path: Path) -> None:
     # An mpi4py that cannot be imported, first on the path: what a site without the extra meets.
     fake = tmp_path / "fake" / "mpi4py"

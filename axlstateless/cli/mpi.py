@@ -57,7 +57,17 @@ def mpi_option(func: F) -> F:
             raise
         sys.exit(dist.agree_exit(code))
 
-    return click.option("--mpi", "use_mpi", is_flag=True, help=MPI_HELP)(wrapper)  # type: ignore[return-value]
+    option = click.option("--mpi", "use_mpi", is_flag=True, is_eager=True, callback=_mute_early, help=MPI_HELP)
+    return option(wrapper)  # type: ignore[return-value]
+
+
+def _mute_early(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
+    # Click reports a bad option value before the command runs, the same on every rank: rank 0's one
+    # message is enough. (Eager, so this runs before the other options are checked.)
+    if value and launcher_rank() not in (None, 0):
+        devnull = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 - for the life of the process
+        sys.stdout = sys.stderr = devnull
+    return value
 
 
 @contextlib.contextmanager
