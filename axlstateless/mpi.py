@@ -28,7 +28,7 @@ from .backends.snapshot import SnapshotBackend
 from .errors import AxlError, UsageError
 from .mpiwalk import DistributedWalker
 from .prestage import PrestageResult, StagedFile, StagePair, prestage, write_filelist
-from .report import Record, Sink
+from .report import Outcome, Record, Sink
 from .walk import AnyPath, Visitor, open_roots
 
 T = TypeVar("T")
@@ -195,7 +195,9 @@ class Distributed:
     def sink(self, sink: Sink) -> Sink:
         """The sink a visitor on this rank reports to: on rank 0, `sink` itself (with the rank added); on
         the others, one that sends the records to rank 0 in batches during `walk`."""
-        self._gather = _GatherSink(self.rank, sink if self.rank == 0 else None)
+        # Rank 0's sink decides for every rank whether committed temporaries need a record each.
+        wants = self.bcast(bool(getattr(sink, "wants_records", True)) or not hasattr(sink, "count"))
+        self._gather = _GatherSink(self.rank, sink if self.rank == 0 else None, wants)
         return self._gather
 
     def walk(
@@ -208,7 +210,9 @@ class Distributed:
     ) -> None:
         """`walk.walk` across the ranks: the same `Visitor` calls, each directory's once, on some rank;
         the opened `roots` (the same on every rank) are closed. Collective."""
-        DistributedWalker(self, visitor, jobs, one_file_system, self._gather).run(roots)
+        # The sink made by `sink` belongs to the walk that follows it, not to a later one.
+        gather, self._gather = self._gather, None
+        DistributedWalker(self, visitor, jobs, one_file_system, gather).run(roots)
 
     # -- pre-stage ------------------------------------------------------------------------------------
 
@@ -317,17 +321,24 @@ class Distributed:
 
 
 class _GatherSink:
-    """Adds ``"rank"`` to each record; on rank 0 passes it on, elsewhere holds it for the walk to send."""
+    """Adds ``"rank"`` to each record; on rank 0 passes it on, elsewhere holds it for the walk to send.
+
+    Like a `Reporter`, it may take committed temporaries as counts instead of records (`count`), when
+    rank 0's sink says it does not want them (no --json, no --report): the native core then builds no
+    record for them on any rank.
+    """
 
     BATCH: Final = 512
 
-    def __init__(self, rank: int, sink: Sink | None) -> None:
+    def __init__(self, rank: int, sink: Sink | None, wants_records: bool) -> None:
         self.rank = rank
         self.sink = sink
+        self.wants_records = wants_records
         self.lock = threading.Lock()
         self.held: list[Record] = []
-        #: Set by the walk: where full batches go (the rank's queue of messages to rank 0).
-        self.ship: Callable[[list[Record]], None] | None = None
+        self.counted: dict[Outcome, int] = {}
+        #: Set by the walk: where batches go (the rank's queue of messages to rank 0).
+        self.ship: Callable[[list[Record], dict[Outcome, int]], None] | None = None
 
     def __call__(self, record: Record) -> None:
         tagged = dataclasses.replace(record, extra={**(record.extra or {}), "rank": self.rank})
@@ -339,24 +350,34 @@ class _GatherSink:
             if len(self.held) < self.BATCH:
                 return
             batch, self.held = self.held, []
-        self.flush_batch(batch)
+        self._send(batch, {})
+
+    def count(self, outcome: Outcome, n: int) -> None:
+        if self.sink is not None:
+            self.sink.count(outcome, n)  # type: ignore[attr-defined]  # only when it said wants_records
+            return
+        with self.lock:
+            self.counted[outcome] = self.counted.get(outcome, 0) + n
 
     def flush(self) -> None:
         with self.lock:
             batch, self.held = self.held, []
-        if batch:
-            self.flush_batch(batch)
+            counted, self.counted = self.counted, {}
+        if batch or counted:
+            self._send(batch, counted)
 
-    def flush_batch(self, batch: list[Record]) -> None:
+    def _send(self, batch: list[Record], counted: dict[Outcome, int]) -> None:
         if self.ship is None:
             raise AssertionError("records outside a distributed walk")
-        self.ship(batch)
+        self.ship(batch, counted)
 
-    def deliver(self, batch: list[Record]) -> None:
-        """On rank 0: records another rank sent."""
+    def deliver(self, batch: list[Record], counted: dict[Outcome, int]) -> None:
+        """On rank 0: what another rank sent."""
         if self.sink is not None:
             for record in batch:
                 self.sink(record)
+            for outcome, n in counted.items():
+                self.sink.count(outcome, n)  # type: ignore[attr-defined]
 
 
 def _portable(exc: AxlError) -> tuple[type[AxlError], str | None, str]:

@@ -51,7 +51,7 @@ _MAX_IDLE: Final = 0.002
 #   ("listed", node, subdirs, pending, held)  held: this rank keeps the listing, to finish it later
 #   ("chunk", node, entries, raw, clashes)  a wide directory's chunk for any rank to visit
 #   ("visited", node, pending) / ("finished", node, pending)
-#   ("records", records)
+#   ("records", records, {outcome: count})  records, and temporaries only counted (see mpi._GatherSink)
 Message = tuple[Any, ...]
 
 
@@ -191,7 +191,7 @@ class DistributedWalker:
         self.roots: list[tuple[bytes, int]] = []
         self.requests: list[Any] = []
         if gather is not None:
-            gather.ship = lambda batch: self.outbox.put(("records", batch))
+            gather.ship = lambda batch, counted: self.outbox.put(("records", batch, counted))
 
     # -- the main thread ------------------------------------------------------------------------------
 
@@ -258,7 +258,7 @@ class DistributedWalker:
         kind = message[0]
         if kind == "records":
             assert self.gather is not None  # noqa: S101 - records come only from a walk with a sink
-            self.gather.deliver(message[1])
+            self.gather.deliver(message[1], message[2])
         elif kind == "crash":
             raise message[1]
         else:

@@ -448,3 +448,34 @@ def test_axl_state_with_mpi_is_a_usage_error(tmp_path: Path) -> None:
     assert run.exits == {0: 2, 1: 2}
     assert run.stderr.count("Error:") == 1
     assert "--axl-state cannot be combined with --mpi" in run.stderr
+
+
+def test_per_rank_api_refuses_a_destination_two_ranks_name(tmp_path: Path) -> None:
+    code = f"""
+import os, sys
+from mpi4py import MPI
+from axlstateless.errors import UsageError
+from axlstateless.mpi import connect
+from axlstateless.prestage import StagePair
+rank = MPI.COMM_WORLD.Get_rank()
+src = b"{tmp_path}/src.%d" % rank
+open(src, "wb").write(b"data")
+final = b"{tmp_path}/dst/shared" if rank in (0, 2) else b"{tmp_path}/dst/own.%d" % rank
+try:
+    connect().prestage([StagePair(src, final)])
+    print("rank", rank, "created")
+except UsageError as exc:
+    print("rank", rank, "refused:", exc)
+"""
+    environment = dict(os.environ, PYTHONPATH=PACKAGE_ROOT)
+    proc = subprocess.run(
+        [str(MPIEXEC), "-n", "3", sys.executable, "-c", code],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    lines = sorted(proc.stdout.splitlines())
+    assert lines == [f"rank {r} refused: {tmp_path}/dst/shared: named twice as a destination" for r in range(3)]
+    assert not (tmp_path / "dst").exists()
