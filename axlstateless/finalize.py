@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Protocol
 
 from . import fastpath, interrupt
-from .axlsource import AxlIndex, state_file_error_record
 from .backends.base import Backend
 from .backends.none import NoneBackend
 from .engine import Settings, settle_dir_marker, settle_file, settle_legacy
@@ -19,6 +18,7 @@ from .report import Kind, Outcome, Record, Sink
 from .walk import AnyPath, Listing, Visitor, open_roots, refuse_type, walk
 
 if TYPE_CHECKING:
+    from .axlsource import AxlIndex
     from .mpi import Distributed
 
 DEFAULT_WAIT_TIMEOUT = 540.0  # below LSF's 600 s stage-out limit, leaving time to commit
@@ -105,8 +105,12 @@ def finalize(
     log = progress or (lambda _m: None)
     opened = open_roots(roots) if dist is None else dist.open_roots(roots)
     try:
-        axl = AxlIndex.load(opts.axl_state, opened) if opts.axl_state else None
-        if axl is not None:
+        axl = None
+        if opts.axl_state:
+            # Imported here: a plain finalize does not pay for the state-file reader's start-up.
+            from .axlsource import AxlIndex, state_file_error_record  # noqa: PLC0415
+
+            axl = AxlIndex.load(opts.axl_state, opened)
             # Each unreadable state file: one error line and one record (exit 4); the rest of the run
             # goes on, and none of the temporaries it may name is touched.
             for error in axl.errors:

@@ -116,10 +116,18 @@ def run_cli_as(uid: int, gid: int, *args: str | os.PathLike[str]) -> tuple[int, 
     import tempfile
     import traceback
 
-    # Imported before the fork: the child can no longer read modules under /root.
+    # Imported before the fork: the child can no longer read modules under /root. The CLI's commands and
+    # the library's public names are imported on first use: all of them now.
     import click._textwrap  # noqa: F401
 
+    import axlstateless
+    import axlstateless.axlsource
     from axlstateless.cli import cli
+
+    for name in axlstateless.__all__:
+        getattr(axlstateless, name)
+    for name in cli.list_commands(click_context := __import__("click").Context(cli)):
+        cli.get_command(click_context, name)
 
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         pid = os.fork()

@@ -41,14 +41,15 @@ def test_library_never_imports_click() -> None:
 
 
 def _commands() -> list[str]:
-    return sorted(cli.commands)
+    return sorted(cli.list_commands(click.Context(cli)))
 
 
 @pytest.mark.parametrize("name", _commands())
 def test_every_command_has_help(name: str) -> None:
     result = CliRunner().invoke(cli, [name, "--help"])
     assert result.exit_code == 0
-    command = cli.commands[name]
+    command = cli.get_command(click.Context(cli), name)
+    assert command is not None
     assert command.help and len(command.help) > 40
     for param in command.params:
         if isinstance(param, click.Option) and not param.hidden:

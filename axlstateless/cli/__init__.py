@@ -4,18 +4,35 @@ only there."""
 
 from __future__ import annotations
 
+import importlib
 import signal
+from typing import Final
 
 import click
 
 from axlstateless import __version__, fastpath, interrupt
 from axlstateless.errors import AxlError, Interrupted
 
-from . import cleanup, demo, finalize, prestage, status
 from .options import fail
 
+#: Each command lives in its own module and exports `command`, in help order. A module is imported only
+#: when its command runs (or help lists them all): a finalize does not pay the start-up of pre-stage,
+#: status, cleanup or the demo's simulator (docs/performance.md).
+COMMANDS: Final = ("prestage", "finalize", "status", "cleanup", "demo")
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+
+class _Commands(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in COMMANDS:
+            return None
+        command: click.Command = importlib.import_module(f"{__name__}.{cmd_name}").command
+        return command
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(__version__, prog_name="axl-stateless", message=f"%(prog)s %(version)s, {fastpath.PATH}")
 def cli() -> None:
     """Finish burst-buffer file transfers without a state file.
@@ -27,11 +44,6 @@ def cli() -> None:
     cleanup   sweep orphaned temporaries no post-stage finished (commit complete ones, delete the rest)
     demo      rehearse a whole job against the simulated IBM burst buffer
     """
-
-
-# Each command lives in its own module and exports `command`; the group lists them in help order.
-for _module in (prestage, finalize, status, cleanup, demo):
-    cli.add_command(_module.command)
 
 
 def main() -> None:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
 from axlstateless.cleanup import CleanupOptions, cleanup
-from axlstateless.mpi import Distributed
 from axlstateless.report import Outcome, Record
 
 from .mpi import mpi_option
@@ -35,6 +36,9 @@ Exit codes:
     + """
 When several apply, the highest of 4, 1 is returned."""
 )
+
+if TYPE_CHECKING:
+    from axlstateless.mpi import Distributed
 
 
 @click.command("cleanup", epilog=CLEANUP_EXIT_CODES_HELP)

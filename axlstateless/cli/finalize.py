@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
 from axlstateless.finalize import DEFAULT_WAIT_TIMEOUT, FinalizeOptions, finalize
-from axlstateless.mpi import Distributed
 
 from .mpi import mpi_option
 from .options import (
@@ -18,6 +19,9 @@ from .options import (
     output_options,
     reporter,
 )
+
+if TYPE_CHECKING:
+    from axlstateless.mpi import Distributed
 
 
 @click.command("finalize", epilog=EXIT_CODES_HELP)

@@ -16,7 +16,6 @@ from typing import Any, TypeVar
 import click
 
 from axlstateless.errors import UsageError
-from axlstateless.mpi import connect, launcher_rank
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -33,6 +32,8 @@ def mpi_option(func: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         if not kwargs.pop("use_mpi"):
             return func(*args, mpi=None, **kwargs)
+        from axlstateless.mpi import connect, launcher_rank  # noqa: PLC0415 - only a run with --mpi pays for it
+
         try:
             dist = connect()
         except UsageError as exc:

@@ -6,13 +6,12 @@ import json
 import os
 import sys
 import time
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 import click
 
 from axlstateless import interrupt
 from axlstateless.errors import Interrupted
-from axlstateless.mpi import Distributed
 from axlstateless.prestage import PrestageResult, StagePair, expand_sources, prestage, read_pair_list
 from axlstateless.report import Meter, format_elapsed, plural
 
@@ -30,6 +29,9 @@ Exit codes:
 """
     + SIGNAL_EXIT_HELP
 )
+
+if TYPE_CHECKING:
+    from axlstateless.mpi import Distributed
 
 
 @click.command("prestage", epilog=PRESTAGE_EXIT_CODES_HELP)

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 import click
 
-from axlstateless.mpi import Distributed
 from axlstateless.orphan import format_duration
 from axlstateless.report import Outcome, Record
 from axlstateless.status import status
@@ -23,6 +23,9 @@ from .options import (
     output_options,
     reporter,
 )
+
+if TYPE_CHECKING:
+    from axlstateless.mpi import Distributed
 
 
 @click.command("status", epilog=EXIT_CODES_HELP)
