@@ -122,11 +122,12 @@ def plot(results: dict[str, tuple[int, dict[str, b.Run]]], jobs: list[int], out:
         for path, style in (("native", "o-"), ("pure", "s-")):
             xs = [j for j in jobs if f"{path} -j{j}" in med]
             ax.plot(xs, [n / med[f"{path} -j{j}"].seconds for j in xs], style, label=f"finalize, {path} path")
+        ticks = sorted({j for j in jobs if f"native -j{j}" in med or f"pure -j{j}" in med})
         ax.set_xscale("log", base=2)
-        ax.set_xticks(jobs, [str(j) for j in jobs])
+        ax.set_xticks(ticks, [str(j) for j in ticks])
         ax.set_xlabel("--jobs")
         ax.set_ylabel("temporaries finalized per second")
-        ax.set_title(f"{label}, {n:,} temporaries")
+        ax.set_title(f"{label}, {n:,} temporaries (load {os.getloadavg()[0]:.0f})")
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
