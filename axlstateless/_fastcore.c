@@ -221,13 +221,23 @@ static int faulted(enum call kind)
 
 /* ---- one temporary: the engine's checks and calls (engine.settle_file, _open_and_check, _commit) ---- */
 
-enum outcome { O_DEFERRED = 0, O_COMMITTED = 'c', O_ABORTED = 'a' };
+/* Besides committed and aborted, the two races of the rename and an error after it end here with the
+   engine's own outcome (the temporary's name no longer names what was verified, so the engine could not
+   start it again): the Python side reports them as engine._commit does. */
+enum outcome {
+    O_DEFERRED = 0,
+    O_COMMITTED = 'c',
+    O_ABORTED = 'a',
+    O_REPLACED = 'r', /* the name names another inode before the rename: left, not committed */
+    O_MOVED = 'm',    /* another inode under the final name after it: put back by engine._put_back */
+    O_FAILED = 'e',   /* the final name could not be checked after the rename: left, with the errno */
+};
 
 struct item {
     const char *name; /* NUL-terminated: the bytes object's own buffer, kept alive by the tuple */
     struct tempname tn;
     char outcome;
-    int64_t actual_size;
+    int64_t number; /* aborted: the size the file had; failed: the errno */
 };
 
 struct meta {
@@ -304,7 +314,7 @@ static char settle_open(int dfd, int fd, struct item *it, uid_t euid, int do_fsy
             return O_DEFERRED;
         if (CALL(C_UNLINK, unlinkat(dfd, it->name, 0)) != 0)
             return O_DEFERRED;
-        it->actual_size = st.st_size;
+        it->number = st.st_size;
         return O_ABORTED;
     }
     /* Set-uid/set-gid: ownership.safe_mode decides what root may grant, from the group database. */
@@ -322,20 +332,18 @@ static char settle_open(int dfd, int fd, struct item *it, uid_t euid, int do_fsy
     /* Linux renames by name: the name must still be the inode verified through fd (a pre-stage rerun
        unlinks and recreates it), right before the rename and, for the two calls between, the final name
        right after it (engine._commit, docs/security.md). */
-    if (CALL(C_STAT, fstatat(dfd, it->name, &now, AT_SYMLINK_NOFOLLOW)) != 0 || now.st_dev != st.st_dev
-        || now.st_ino != st.st_ino)
+    if (CALL(C_STAT, fstatat(dfd, it->name, &now, AT_SYMLINK_NOFOLLOW)) != 0)
         return O_DEFERRED;
+    if (now.st_dev != st.st_dev || now.st_ino != st.st_ino)
+        return O_REPLACED;
     if (CALL(C_RENAME, renameat(dfd, it->name, dfd, final)) != 0)
         return O_DEFERRED;
-    if (CALL(C_STAT, fstatat(dfd, final, &now, AT_SYMLINK_NOFOLLOW)) != 0 || now.st_dev != st.st_dev
-        || now.st_ino != st.st_ino) {
-        /* Another file went under the final name: back under the temporary's name if that is free, and
-           the engine judges it afresh (it never commits what it did not verify). */
-        struct stat taken;
-        if (fstatat(dfd, it->name, &taken, AT_SYMLINK_NOFOLLOW) != 0 && errno == ENOENT)
-            renameat(dfd, final, dfd, it->name);
-        return O_DEFERRED;
+    if (CALL(C_STAT, fstatat(dfd, final, &now, AT_SYMLINK_NOFOLLOW)) != 0) {
+        it->number = errno;
+        return O_FAILED;
     }
+    if (now.st_dev != st.st_dev || now.st_ino != st.st_ino)
+        return O_MOVED;
     return O_COMMITTED;
 }
 
@@ -378,11 +386,13 @@ static int transfer_fast(PyObject *cache, PyObject *judge, const struct tempname
 }
 
 PyDoc_STRVAR(settle_doc,
-"settle(dfd, names, cache, judge, euid, fsync) -> (outcomes, aborted_sizes)\n\n"
+"settle(dfd, names, cache, judge, euid, fsync) -> (outcomes, numbers)\n\n"
 "Commit or abort the names (bytes) of regular files in directory dfd that are v1 file temporaries whose\n"
 "transfer judge(handle) (cached in the dict cache) says is 'commit if the size verifies'. outcomes has\n"
 "one byte per name: b'c' committed, b'a' aborted, 0 deferred to the Python engine (untouched, or\n"
-"stopped at an error). aborted_sizes maps the index of each aborted name to the size it had.");
+"stopped at an error), b'r' its name replaced before the rename, b'm' another file under the final\n"
+"name after it, b'e' the final name not checkable after it. numbers maps the index of each aborted name\n"
+"to the size it had, of each b'e' one to the errno.");
 
 static PyObject *settle(PyObject *self, PyObject *args)
 {
@@ -397,7 +407,7 @@ static PyObject *settle(PyObject *self, PyObject *args)
     if (!names)
         return NULL;
     Py_ssize_t n = PyTuple_GET_SIZE(names);
-    PyObject *outcomes = PyBytes_FromStringAndSize(NULL, n), *aborted = NULL;
+    PyObject *outcomes = PyBytes_FromStringAndSize(NULL, n), *numbers = NULL;
     struct item *items = PyMem_Calloc((size_t)n + 1, sizeof *items);
     Py_ssize_t *index = PyMem_Calloc((size_t)n + 1, sizeof *index);
     Py_ssize_t work = 0;
@@ -428,15 +438,15 @@ static PyObject *settle(PyObject *self, PyObject *args)
     for (Py_ssize_t w = 0; w < work; w++)
         items[w].outcome = settle_one(dfd, &items[w], (uid_t)euid, do_fsync);
     Py_END_ALLOW_THREADS
-    if (!(aborted = PyDict_New()))
+    if (!(numbers = PyDict_New()))
         goto fail;
     long done = 0;
     for (Py_ssize_t w = 0; w < work; w++) {
         out[index[w]] = items[w].outcome;
-        done += items[w].outcome != O_DEFERRED;
-        if (items[w].outcome == O_ABORTED) {
-            PyObject *k = PyLong_FromSsize_t(index[w]), *v = PyLong_FromLongLong(items[w].actual_size);
-            int bad = !k || !v || PyDict_SetItem(aborted, k, v) != 0;
+        done += items[w].outcome == O_COMMITTED || items[w].outcome == O_ABORTED;
+        if (items[w].outcome == O_ABORTED || items[w].outcome == O_FAILED) {
+            PyObject *k = PyLong_FromSsize_t(index[w]), *v = PyLong_FromLongLong(items[w].number);
+            int bad = !k || !v || PyDict_SetItem(numbers, k, v) != 0;
             Py_XDECREF(k);
             Py_XDECREF(v);
             if (bad)
@@ -447,14 +457,14 @@ static PyObject *settle(PyObject *self, PyObject *args)
     PyMem_Free(items);
     PyMem_Free(index);
     Py_DECREF(names);
-    return Py_BuildValue("(NN)", outcomes, aborted);
+    return Py_BuildValue("(NN)", outcomes, numbers);
 fail:
     /* Only a Python-level error (memory, a failing judge) gets here; with the GIL released nothing can
        fail, so either every outcome above is returned or no system call was made. */
     PyMem_Free(items);
     PyMem_Free(index);
     Py_XDECREF(outcomes);
-    Py_XDECREF(aborted);
+    Py_XDECREF(numbers);
     Py_DECREF(names);
     return NULL;
 }

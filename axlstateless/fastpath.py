@@ -23,6 +23,9 @@ import threading
 from types import ModuleType
 from typing import TYPE_CHECKING, Final
 
+# The engine's own wording and repair for the rename's races: the rule stays written once, there.
+from .engine import _REPLACED as REPLACED
+from .engine import _put_back as put_back
 from .nameformat import TempName, parse
 from .policy import FINALIZE
 from .report import Kind, Outcome, Record
@@ -112,10 +115,10 @@ class NativeSettler:
         """Settle what C can of `listing.raw` and report it; return the entries the engine must settle
         (the listing's parsed entries, then those C deferred) and whether C committed any."""
         names = listing.raw
-        outcomes, aborted = self._settle(listing.fd, names, self._fast, self._judge, self._euid, self._settings.fsync)
+        outcomes, numbers = self._settle(listing.fd, names, self._fast, self._judge, self._euid, self._settings.fsync)
         committed = outcomes.count(b"c")
         entries = listing.entries
-        if committed + len(aborted) < len(names):
+        if committed + len(numbers) < len(names):  # only a race or an error gives more than abort sizes
             entries = entries + [
                 Entry(name, parsed, "file")
                 for name, done in zip(names, outcomes, strict=True)
@@ -125,28 +128,63 @@ class NativeSettler:
             self._count(Outcome.COMMITTED, committed)
         elif committed:
             for name, done in zip(names, outcomes, strict=True):
-                if done == ord("c"):
-                    self._sink(self._record(listing.path, name, Outcome.COMMITTED, None))
-        for at, size in aborted.items():
-            self._sink(self._record(listing.path, names[at], Outcome.ABORTED, size))
+                if done == _COMMITTED:
+                    self._sink(self._record(listing, name, Outcome.COMMITTED))
+        if committed + len(numbers) < len(names):
+            for at, done in enumerate(outcomes):
+                if done in _RACES:
+                    self._sink(self._race(listing, names[at], done))
+        for at, number in numbers.items():
+            if outcomes[at] == _ABORTED:
+                self._sink(self._record(listing, names[at], Outcome.ABORTED, actual_size=number))
+            else:  # the final name could not be checked after the rename: as engine._commit reports it
+                self._sink(self._record(listing, names[at], Outcome.LEFT, reason=os.strerror(number)))
         return entries, committed > 0
 
-    def _record(self, directory: bytes, name: bytes, outcome: Outcome, actual_size: int | None) -> Record:
+    def _race(self, listing: Listing, name: bytes, done: int) -> Record:
+        # The temporary's name was swapped around the rename (a pre-stage rerun recreating it): the
+        # engine's own outcome and, after the rename, its own repair (engine._commit).
+        if done == _REPLACED_BEFORE:
+            return self._record(
+                listing, name, Outcome.LEFT, reason=f"{REPLACED}; not committed, rerun to judge the new one"
+            )
+        tn = parse(name)
+        assert isinstance(tn, TempName)  # noqa: S101 - C settles only what parses as one
+        return self._record(listing, name, Outcome.LEFT, reason=f"{REPLACED}; {put_back(listing.fd, name, tn.final)}")
+
+    def _record(
+        self,
+        listing: Listing,
+        name: bytes,
+        outcome: Outcome,
+        *,
+        actual_size: int | None = None,
+        reason: str | None = None,
+    ) -> Record:
         # The record engine.settle_file makes for the same outcome (tests compare the two paths).
         tn = parse(name)
         if not isinstance(tn, TempName):  # C settles only what parses as one
             raise AssertionError(name)
         transfer = self._settings.backend.status(tn.handle)
-        _, why = decide(transfer, expected_size=tn.size, actual_size=tn.size if actual_size is None else actual_size)
+        if reason is None:
+            size = tn.size if actual_size is None else actual_size
+            _, reason = decide(transfer, expected_size=tn.size, actual_size=size)
         return Record(
-            path=os.path.join(directory, name),
+            path=os.path.join(listing.path, name),
             kind=Kind.FILE,
             outcome=outcome,
-            reason=why,
-            final=os.path.join(directory, tn.final),
+            reason=reason,
+            final=os.path.join(listing.path, tn.final),
             mode=tn.mode,
             size=tn.size,
             mtime_ns=tn.mtime_ns,
             handle=tn.handle,
             transfer=transfer.detail,
         )
+
+
+# The native core's outcome bytes (_fastcore.c, enum outcome).
+_COMMITTED: Final = ord("c")
+_ABORTED: Final = ord("a")
+_REPLACED_BEFORE: Final = ord("r")
+_RACES: Final = frozenset({_REPLACED_BEFORE, ord("m")})

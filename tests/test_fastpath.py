@@ -8,6 +8,7 @@ The whole suite also runs once on each path (.ci/run: as installed, then with AX
 from __future__ import annotations
 
 import importlib
+import importlib.machinery
 import os
 import shutil
 import stat
@@ -308,12 +309,16 @@ def test_version_says_which_path(tmp_path: Path) -> None:
 
 
 def test_missing_extension_falls_back_and_says_so_once(tmp_path: Path) -> None:
-    """A copy of the package without the built extension: finalize commits everything in pure Python and
-    says once on stderr that the native core could not be loaded; AXLSTATELESS_PURE=1 silences it."""
+    """A copy of the package whose extension cannot be loaded (a broken build: not a shared object):
+    finalize commits everything in pure Python and says once on stderr that the native core could not be
+    loaded; AXLSTATELESS_PURE=1 silences it. (A broken file rather than none: an editable install of
+    another checkout would otherwise lend its own build to the copy.)"""
     import axlstateless
 
     pkg = tmp_path / "pkg"
     shutil.copytree(Path(axlstateless.__file__).parent, pkg / "axlstateless", ignore=shutil.ignore_patterns("*.so"))
+    suffix = importlib.machinery.EXTENSION_SUFFIXES[0]
+    (pkg / "axlstateless" / f"_fastcore{suffix}").write_bytes(b"not a shared object\n")
     env = {k: v for k, v in os.environ.items() if k != fastpath.PURE_ENV} | {"PYTHONPATH": str(pkg)}
     for forced in (False, True):
         d = tmp_path / f"d{forced}"
