@@ -205,13 +205,14 @@ static const char *const call_names[C_COUNT] = {"open", "fstat", "getxattr", "fc
 static long calls[C_COUNT];
 static int fail_kind = -1;
 static long fail_at = -1;
+static int fail_errno = EIO;
 static long settled_total;
 
 static int faulted(enum call kind)
 {
     long n = __atomic_fetch_add(&calls[kind], 1, __ATOMIC_RELAXED);
     if ((int)kind == __atomic_load_n(&fail_kind, __ATOMIC_RELAXED) && n == __atomic_load_n(&fail_at, __ATOMIC_RELAXED)) {
-        errno = EIO;
+        errno = __atomic_load_n(&fail_errno, __ATOMIC_RELAXED);
         return 1;
     }
     return 0;
@@ -530,8 +531,8 @@ static PyObject *counters(PyObject *self, PyObject *unused)
 }
 
 PyDoc_STRVAR(inject_doc,
-"inject(kind, at)\n\n"
-"For tests: the at-th call (from 0) of kind (a key of counters()) fails with EIO; kind None clears it.\n"
+"inject(kind, at, errno=EIO)\n\n"
+"For tests: the at-th call (from 0) of kind (a key of counters()) fails with errno; kind None clears it.\n"
 "Resets the call counts.");
 
 static PyObject *inject(PyObject *self, PyObject *args)
@@ -539,7 +540,8 @@ static PyObject *inject(PyObject *self, PyObject *args)
     (void)self;
     const char *kind;
     long at;
-    if (!PyArg_ParseTuple(args, "zl", &kind, &at))
+    int err = EIO;
+    if (!PyArg_ParseTuple(args, "zl|i", &kind, &at, &err))
         return NULL;
     int found = -1;
     for (int k = 0; kind && k < C_COUNT; k++)
@@ -552,6 +554,7 @@ static PyObject *inject(PyObject *self, PyObject *args)
     for (int k = 0; k < C_COUNT; k++)
         __atomic_store_n(&calls[k], 0, __ATOMIC_RELAXED);
     __atomic_store_n(&fail_at, at, __ATOMIC_RELAXED);
+    __atomic_store_n(&fail_errno, err, __ATOMIC_RELAXED);
     __atomic_store_n(&fail_kind, found, __ATOMIC_RELAXED);
     Py_RETURN_NONE;
 }

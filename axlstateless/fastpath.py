@@ -16,6 +16,7 @@ path (the test suite runs once on each). ``axl-stateless --version`` says which 
 
 from __future__ import annotations
 
+import errno
 import importlib
 import os
 import sys
@@ -82,11 +83,11 @@ def counters() -> dict[str, int]:
     return {} if _core is None else _core.counters()
 
 
-def inject(kind: str | None, at: int) -> None:
+def inject(kind: str | None, at: int, err: int = errno.EIO) -> None:
     """For tests: the `at`-th call (from 0) of `kind` (a key of `counters`) the native core makes fails
-    with EIO; None clears it. Resets the counts of calls."""
+    with `err`; None clears it. Resets the counts of calls."""
     if _core is not None:
-        _core.inject(kind, at)
+        _core.inject(kind, at, err)
 
 
 class NativeSettler:

@@ -583,14 +583,17 @@ def test_missing_or_forged_xattrs_at_finalize(root: Path, monkeypatch: pytest.Mo
             calls.append(args)
             raise OSError(failure, os.strerror(failure))  # type: ignore[arg-type]
 
-        # Where the engine reads the extras: os.getxattr on the open descriptor. The native core reads
-        # them in C, where no errno can be injected: these cases pin the Python engine, which the native
-        # core falls back to (and whose outcomes it must match).
+        # Where the engine reads the extras: os.getxattr on the open descriptor; and where the native
+        # core does (its fgetxattr), when finalize runs it.
         monkeypatch.setattr(metadata_mod.os, "getxattr", broken)
-        monkeypatch.setattr(fastpath, "settler", lambda *_args: None)
-    records = settle(root)
+        fastpath.inject("getxattr", 0, failure)  # type: ignore[arg-type]
+    try:
+        records = settle(root)
+        native_calls = fastpath.counters().get("getxattr", 0)
+    finally:
+        fastpath.inject(None, -1)
     if isinstance(failure, int):
-        assert calls, "the injected getxattr failure never fired"
+        assert calls or native_calls, "the injected getxattr failure never fired"
     assert [r.outcome for r in records] == [Outcome.COMMITTED]
     st = (root / "f").stat()
     assert (stat.S_IMODE(st.st_mode), st.st_mtime_ns) == (0o640, MTIME)
