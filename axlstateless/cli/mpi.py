@@ -65,7 +65,11 @@ def mpi_option(func: F) -> F:
 def _mute_early(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
     # Click reports a bad option value before the command runs, the same on every rank: rank 0's one
     # message is enough. (Eager, so this runs before the other options are checked.)
-    if value and launcher_rank() not in (None, 0):
+    if not value:
+        return value
+    from axlstateless.mpi import launcher_rank  # noqa: PLC0415 - only a run with --mpi pays for it
+
+    if launcher_rank() not in (None, 0):
         devnull = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 - for the life of the process
         sys.stdout = sys.stderr = devnull
     return value
