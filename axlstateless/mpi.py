@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
 import threading
 import time
 import traceback
@@ -147,8 +148,19 @@ class Distributed:
         self.comm.Abort(code)
 
     def crash(self, exc: BaseException) -> None:
-        """Print `exc` with this rank's number and take the job down: a bug on one rank must not leave
-        the others waiting on it forever."""
+        """Take the job down from this rank: a rank that stops must not leave the others waiting on it.
+
+        A signal noted between two temporaries (`Interrupted`: mpiexec passes ^C on to every rank) or
+        another `AxlError` is one ``Error:`` line and its exit code (128 + the signal); the commits made
+        so far stand and a rerun finishes. A bug prints its traceback, with the rank, and 70."""
+        if isinstance(exc, AxlError):
+            os.write(2, f"Error: rank {self.rank}: {exc}\n".encode(errors="replace"))
+            self.abort(exc.exit_code)
+            return
+        if isinstance(exc, KeyboardInterrupt):
+            os.write(2, f"Error: rank {self.rank}: interrupted\n".encode())
+            self.abort(128 + signal.SIGINT)
+            return
         text = "".join(traceback.format_exception(exc))
         os.write(2, f"axl-stateless: rank {self.rank} failed:\n{text}".encode(errors="replace"))
         self.abort(70)

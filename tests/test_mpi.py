@@ -274,8 +274,9 @@ def test_without_mpi_nothing_imports_mpi4py(tmp_path: Path) -> None:
         subprocess.run([sys.executable, "-c", code, command, str(tmp_path / "root")], check=True, timeout=60)
 
 
+@pytest.mark.parametrize("how", ["SIGKILL to rank 2", "SIGINT to mpiexec"])
 def test_a_killed_rank_takes_the_job_down_and_a_rerun_finishes(
-    tmp_path: Path, skewed: tuple[Path, dict[str, tuple[Any, ...]], set[Any]]
+    tmp_path: Path, skewed: tuple[Path, dict[str, tuple[Any, ...]], set[Any]], how: str
 ) -> None:
     tree, serial_state, _ = skewed
     dst = copy_tree(tree, tmp_path / "dst")
@@ -291,9 +292,17 @@ def test_a_killed_rank_takes_the_job_down_and_a_rerun_finishes(
     while len(list(dst.rglob("*._AXL*"))) > total * 0.8 or not (pids / "2").exists():
         assert time.monotonic() < deadline and proc.poll() is None, "the run ended before it could be killed"
         time.sleep(0.02)
-    os.kill(int((pids / "2").read_text()), signal.SIGKILL)
-    proc.communicate(timeout=60)
+    if how == "SIGKILL to rank 2":
+        os.kill(int((pids / "2").read_text()), signal.SIGKILL)
+    else:  # ^C: mpiexec passes it on to every rank, which stop between two temporaries
+        os.kill(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
     assert proc.returncode != 0
+    if how == "SIGINT to mpiexec":
+        assert proc.returncode == 130
+        assert "Traceback" not in err.decode()
+        # Each rank stops at its next check (between two temporaries, or in its message loop).
+        assert re.search(r"^Error: (rank \d: )?interrupted", err.decode(), re.M)
     left = len(list(dst.rglob("*._AXL*")))
     assert 0 < left < total  # stopped in the middle
     rerun = mpirun(2, "finalize", "--mpi", dst)
