@@ -126,8 +126,9 @@ def test_finalize_waits_for_running_copies(tmp_path: Path, sim: Sim) -> None:
     assert temporaries(job.dst) == []
     assert code == summary["exit_code"] == EXIT_ABORTED
     # The progress line, on stderr and in the report (as a log entry, never in --json stdout).
-    # (bad1 fails at its first byte: by the first poll it may be over already.)
-    waiting = re.compile(r"waiting on [45] transfers: [0-9,]+ \(0s elapsed\)")
+    # (bad1 fails at its first byte: by the first poll it may be over already; on a loaded machine the
+    # start-up may take so long that only the slowest copy is left to wait for.)
+    waiting = re.compile(r"waiting on (1 transfer|[2-5] transfers): [0-9,]+ \([0-9]+s elapsed\)")
     assert waiting.search(stderr)
     logs = [json.loads(line).get("log", "") for line in report.read_text().splitlines()]
     assert any(waiting.fullmatch(line) for line in logs)
