@@ -35,6 +35,7 @@ from .walk import Entry, Listing
 
 if TYPE_CHECKING:
     from .engine import Settings
+    from .policy import Policy
     from .report import Sink
 
 #: Set to 1 to force the pure-Python path (any value but empty or 0).
@@ -65,12 +66,17 @@ def _say_pure_once() -> None:
     sys.stderr.write(f"axl-stateless: {PATH}; finalizing on the pure-Python path (same outcomes, slower)\n")
 
 
+def acts(policy: Policy, *, dry_run: bool) -> bool:
+    """Whether a run with this policy may settle files natively: an acting finalize only (cleanup's and
+    status's policies hold, annotate and turn verdicts: policy.py)."""
+    return policy is FINALIZE and not dry_run
+
+
 def settler(settings: Settings, sink: Sink) -> NativeSettler | None:
     """The native path for a finalize with `settings`, or None where the engine settles everything: a
     dry run, a cleanup or status policy, or no extension (then said once on stderr). Names the walk hands
     over unparsed are v1 names only: legacy names and AXL state-file entries stay with the engine."""
-    # Finalize's own policy only: cleanup's and status's hold, annotate and turn verdicts (policy.py).
-    if settings.dry_run or settings.policy is not FINALIZE:
+    if not acts(settings.policy, dry_run=settings.dry_run):
         return None
     if _core is None:
         _say_pure_once()

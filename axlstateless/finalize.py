@@ -33,12 +33,17 @@ LOCAL_FILE_SYSTEMS: Final = frozenset(
 #: at 200 us per call 16 workers were 6-11x faster than the C floor, 8 workers 8x, 4 workers 3x; 32 added
 #: nothing over 16 directories and 64 was slower (docs/performance.md).
 PARALLEL_JOBS: Final = 16
+#: With the native core the per-file work runs without the GIL, so threads use the cores on a local file
+#: system too: 100k temporaries on ext4 (2 cores, load 2) took 1.05x the C floor with one worker and
+#: 0.65x with two (docs/performance.md). Capped, having been measured on 2 cores only.
+NATIVE_LOCAL_JOBS_MAX: Final = 8
 
 
-def default_jobs(root_fds: Sequence[int] = ()) -> int:
-    """Workers when none are asked for: 1 when every root is on a local file system, else 16."""
+def default_jobs(root_fds: Sequence[int] = (), *, native: bool = False) -> int:
+    """Workers when none are asked for: 16 unless every root is on a local file system; there, one per
+    core (at most 8) when the native core settles the files (`native`), else 1."""
     if root_fds and all(file_system_type(fd) in LOCAL_FILE_SYSTEMS for fd in root_fds):
-        return 1
+        return min(len(os.sched_getaffinity(0)), NATIVE_LOCAL_JOBS_MAX) if native else 1
     return PARALLEL_JOBS
 
 
@@ -116,7 +121,11 @@ def finalize(
             for error in axl.errors:
                 log(f"Error: {error}")
                 sink(state_file_error_record(error))
-        jobs = opts.jobs if opts.jobs is not None else default_jobs([fd for _, fd in opened])
+        if opts.jobs is not None:
+            jobs = opts.jobs
+        else:
+            native = fastpath.NATIVE and fastpath.acts(opts.policy, dry_run=opts.dry_run) and not opts.axl_state
+            jobs = default_jobs([fd for _, fd in opened], native=native)
         if backend.uses_handles:
             if dist is None:
                 handles = collect_handles(opened, legacy=opts.policy.legacy_handles, jobs=jobs)

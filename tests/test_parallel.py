@@ -145,6 +145,9 @@ def test_default_jobs_follow_the_file_system(tmp_path: Path) -> None:
         kind = file_system_type(local)
         assert kind is not None
         assert default_jobs([local]) == (1 if kind in LOCAL_FILE_SYSTEMS else PARALLEL_JOBS)
+        # With the native core, threads use the cores on a local file system too.
+        cores = min(len(os.sched_getaffinity(0)), 8)
+        assert default_jobs([local], native=True) == (cores if kind in LOCAL_FILE_SYSTEMS else PARALLEL_JOBS)
         assert file_system_type(proc) == "proc"
         assert default_jobs([local, proc]) == default_jobs([proc]) == default_jobs() == PARALLEL_JOBS
     finally:

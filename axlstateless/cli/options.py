@@ -120,7 +120,10 @@ def jobs_option(func: F) -> F:
         "--jobs",
         type=click.IntRange(min=1),
         default=None,
-        help="Directories worked on at once [default: 1 on a local file system, 16 on a parallel or network one].",
+        help=(
+            "Directories worked on at once [default: on a local file system one per core (at most 8) with "
+            "finalize's native core, else 1; 16 on a parallel or network one]."
+        ),
     )(func)
 
 
