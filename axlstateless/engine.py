@@ -464,7 +464,7 @@ def _unlink_same(dfd: int, name: bytes, st: os.stat_result, *, unchanged: bool =
     # the file that was judged should go. With `unchanged` (cleanup), a file written to since it was
     # judged old is not an orphan after all: False, and it stays.
     # A name that is gone, or now names another file, raises FileNotFoundError: another process did the
-    # work, and only one of them may report it (issue 5: four finalizers at once).
+    # work, and only one of them may report it (four finalizers at once: tests/test_concurrency.py).
     now = os.stat(name, dir_fd=dfd, follow_symlinks=False)
     if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
         raise FileNotFoundError(errno.ENOENT, "replaced since it was judged", name)

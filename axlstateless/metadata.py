@@ -28,7 +28,7 @@ _NO_XATTRS: Final = frozenset({errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENODATA, e
 
 @dataclass(slots=True)
 class Extras:
-    """Read once per temporary: not frozen, which costs a setattr call per field to build (issue 6)."""
+    """Read once per temporary: not frozen, which costs a setattr call per field to build."""
 
     atime_ns: int | None = None
     uid: int | None = None
@@ -42,7 +42,7 @@ class Extras:
 
 def decode_meta(raw: bytes) -> Extras:
     """Parse ``user.axl.meta``; unknown keys and malformed fields are ignored (they are only extras)."""
-    # What pre-stage writes matches in one regex call, read once per temporary (issue 6: the field loop
+    # What pre-stage writes matches in one regex call, read once per temporary (measured: the field loop
     # cost more than the fgetxattr itself).
     if m := _CANONICAL_META.fullmatch(raw):
         atime, uid, gid = m.groups()
@@ -77,7 +77,7 @@ def read_extras(fd: int, *, with_source: bool = False) -> Extras:
     """The extras on the open file; empty when there are none or the file system has no xattrs."""
     try:
         # os.getxattr, not the xattr package, on this per-temporary path: the package's cffi wrapper
-        # cost 7 us a call against 2.5 us (issue 6, measured); writes still go through the package.
+        # cost 7 us a call against 2.5 us (measured); writes still go through the package.
         extras = decode_meta(os.getxattr(fd, META_ATTR))
     except OSError as exc:
         if exc.errno in _NO_XATTRS or exc.errno in {errno.E2BIG, errno.ERANGE}:

@@ -1,4 +1,4 @@
-"""What makes a temporary an orphan (issue 4): the policy `cleanup` acts on and `status` reports.
+"""What makes a temporary an orphan: the policy `cleanup` acts on and `status` reports.
 
 A temporary is an orphan when its age passed the threshold and no backend reports its transfer as still
 in progress. Its age is measured from the *newer* of its mtime and ctime: every write moves both, and

@@ -34,7 +34,8 @@ _MARKER_STR: Final = os.fsdecode(nameformat.MARKER)
 _DIR_MARKER_STR: Final = _MARKER_STR + ".v1.dir."
 #: Entries a worker holds at once in a streamed directory (about 0.3 KB each).
 CHUNK: Final = 2048
-# What os.fsencode does to a str, without its Python-level call once per directory entry (issue 6).
+# What os.fsencode does to a str, without its Python-level call once per directory entry (a measured cost,
+# docs/performance.md).
 _FS_ENCODING: Final = sys.getfilesystemencoding()
 _FS_ERRORS: Final = sys.getfilesystemencodeerrors()
 
@@ -43,7 +44,7 @@ _FS_ERRORS: Final = sys.getfilesystemencodeerrors()
 class Entry:
     """A directory entry whose name carries the marker, with what the listing said of its type.
 
-    Not frozen: one per temporary, and a frozen dataclass sets each field through a call (issue 6)."""
+    Not frozen: one per temporary, and a frozen dataclass sets each field through a call."""
 
     name: bytes
     parsed: Parsed
@@ -56,7 +57,7 @@ class Listing:
 
     A directory with more than `CHUNK` of them is *streamed*: `entries` then holds only its directory
     markers, and `chunks` lists the rest again, `CHUNK` at a time, so memory is bounded by the chunk and
-    not by the widest directory (issue 6: 16 workers on 62,500-entry directories held 350 MB).
+    not by the widest directory (before chunking, 16 workers on 62,500-entry directories held 350 MB).
     """
 
     fd: int
@@ -126,7 +127,7 @@ def list_directory(fd: int, path: bytes, *, raw: bool = False) -> Listing:
     prefixes = array.array("q")
     # Names are parsed only once the directory is known not to be streamed (at most CHUNK of them held
     # meanwhile): a streamed one's temporaries are parsed by `chunks`, and parsing them here as well
-    # cost a parse per temporary for nothing (issue 6).
+    # cost a parse per temporary for nothing.
     held: list[tuple[str, str]] = []
     with os.scandir(fd) as it:
         for de in it:

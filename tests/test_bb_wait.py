@@ -1,4 +1,4 @@
-"""Waiting on the burst buffer at the finalize level (issue 3): a finalize started while the simulated copies
+"""Waiting on the burst buffer at the finalize level: a finalize started while the simulated copies
 still run waits for them, then commits exactly what succeeded and aborts exactly what failed; a wait
 timeout exits 3 and leaves the transfers in progress for a rerun, which finishes the job; bbcmd failures
 end in one ``Error:`` line and a documented exit code, never a traceback and never a commit on a guess;

@@ -1,4 +1,4 @@
-"""Orphan cleanup (issue 4): only old temporaries whose transfer is over are taken; complete ones are
+"""Orphan cleanup: only old temporaries whose transfer is over are taken; complete ones are
 committed, incomplete and legacy ones deleted, unrecognised names never touched.
 
 ctime cannot be set back, so a temporary is made "old" by passing the library a reference time `now`

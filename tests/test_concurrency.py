@@ -1,4 +1,4 @@
-"""Concurrency (issue 5, item 2): four finalizers (and a cleanup, when it exists) over one tree at once.
+"""Concurrency: four finalizers (and a cleanup, when it exists) over one tree at once.
 
 Every temporary is committed or aborted by exactly one process (the JSON records of all of them say so);
 the others report it skipped as done elsewhere, never as an error; each process exits 0 or 1 as the data

@@ -1,4 +1,4 @@
-"""Crash consistency (issue 5, item 1): finalize killed at any instant, or failing at any system call,
+"""Crash consistency: finalize killed at any instant, or failing at any system call,
 then rerun, ends exactly where an uninterrupted run would; nothing partial is ever visible.
 
 - `test_sigkill_at_random_instants`: a few thousand temporaries (complete, cut short, over-long, empty),

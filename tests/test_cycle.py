@@ -1,4 +1,4 @@
-"""The stateless cycle on a local file system: pre-stage, copy with any mover, finalize (issue 2)."""
+"""The stateless cycle on a local file system: pre-stage, copy with any mover, finalize."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Fuzzing the name parser (issue 5, item 5): whatever bytes a user puts in a directory entry, `parse`
+"""Fuzzing the name parser: whatever bytes a user puts in a directory entry, `parse`
 never raises, never takes long, and accepts as a temporary exactly the names `encode` produces.
 
 The suite runs a bounded number of examples; ``AXL_FUZZ_EXAMPLES=N`` raises it (tools/fuzz/run.sh does,
@@ -136,7 +136,7 @@ def test_many_markers_within_name_max() -> None:
 
 
 def test_legacy_handles_are_bounded() -> None:
-    """Regression (issue 5): a legacy suffix of 21+ digits, or a value over uint64, is not a handle;
+    """Regression: a legacy suffix of 21+ digits, or a value over uint64, is not a handle;
     thousands of digits made parse raise ValueError (int()'s digit limit)."""
     assert parse(b"ckpt.0._AXL18446744073709551615") == LegacyName(b"ckpt.0", 2**64 - 1)
     assert isinstance(parse(b"ckpt.0._AXL18446744073709551616"), Unrecognised)

@@ -1,4 +1,4 @@
-"""Hostile and broken input (issue 5, item 3): every case ends in an asserted outcome, with nothing
+"""Hostile and broken input: every case ends in an asserted outcome, with nothing
 outside the roots touched, no hang and no traceback.
 
 Temporaries are forged by hand here, exactly as an attacker who can write the tree would make them.

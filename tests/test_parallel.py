@@ -1,4 +1,4 @@
-"""Parallel walks (issue 6): --jobs changes the speed, never the outcome; open descriptors stay bounded."""
+"""Parallel walks: --jobs changes the speed, never the outcome; open descriptors stay bounded."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The ready-made integrations of issue 3, run for real: the LSF second post-stage script (with bash, against
+"""The ready-made integrations, run for real: the LSF second post-stage script (with bash, against
 the simulator) and ``axl-stateless demo`` (as a subprocess)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Root over users' trees (issue 5, item 4): finalize as root over a tree that `nobody` owns and has
+"""Root over users' trees: finalize as root over a tree that `nobody` owns and has
 salted with attacker-made temporaries.
 
 Whatever the attacker wrote: nothing outside the roots changes (checksum and full stat snapshot of a

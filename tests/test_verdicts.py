@@ -1,4 +1,4 @@
-"""The shared verdict, through the CLI, over every backend (issue 3): `none`, `ibmbb` against the simulator,
+"""The shared verdict, through the CLI, over every backend: `none`, `ibmbb` against the simulator,
 and `ibmbb` against a scripted bbcmd that replays fixed replies.
 
 One scenario: temporaries whose handle fully succeeded (complete: committed; truncated: aborted), whose

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import benchlib as b
 
-TARGET_J1 = 1.3  # finalize --jobs 1 within 1.3x of the floor (issue 6)
+TARGET_J1 = 1.3  # finalize --jobs 1 within 1.3x of the floor (the performance target, docs/performance.md)
 TARGET_SHELL = 100.0  # at least 100x faster than the shell loop
 TARGET_RSS_MB = 100.0  # peak RSS at 1M temporaries
 
@@ -138,7 +138,7 @@ def main() -> None:
         f"{rank * n / j1:6.0f}x finalize -j1"
     )
 
-    print(f"\ntargets (issue 6) on the disk at {n} temporaries:")
+    print(f"\ntargets on the disk at {n} temporaries:")
     fl = disk["C floor"].seconds
     verdict(f"--jobs 1 within {TARGET_J1}x of the floor", j1 / fl, TARGET_J1, lower=True)
     if "finalize -j2" in disk:

@@ -22,7 +22,8 @@ from pathlib import Path
 
 import benchlib as b
 
-TARGET_J16 = 6.0  # --jobs 16 at least 6x faster than the floor on latfs at 200 us (issue 6)
+# The performance target (docs/performance.md): --jobs 16 at least 6x faster than the floor on latfs at 200 us.
+TARGET_J16 = 6.0
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""Coverage-guided fuzzing of the bbcmd reply parser with atheris (issue 5, item 5).
+"""Coverage-guided fuzzing of the bbcmd reply parser with atheris.
 
     python tools/fuzz/atheris_bbcmd_reply.py -atheris_runs=2000000 [CORPUS_DIR]
 

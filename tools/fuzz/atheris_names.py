@@ -1,4 +1,4 @@
-"""Coverage-guided fuzzing of the temporary-name parser with atheris (issue 5, item 5).
+"""Coverage-guided fuzzing of the temporary-name parser with atheris.
 
     python tools/fuzz/atheris_names.py -atheris_runs=2000000 [CORPUS_DIR]
 

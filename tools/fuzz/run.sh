@@ -1,5 +1,5 @@
 #!/bin/bash
-# The long reliability job of issue 5 (not part of the 5-minute suite): many more hypothesis
+# The long reliability job (not part of the 5-minute suite): many more hypothesis
 # examples, seeded SIGKILL and fault-injection rounds at ten times the suite's size, and, when atheris
 # is installed (pip install atheris), coverage-guided fuzzing of the three parsers (temporary names,
 # bbcmd replies, kvtree files).
