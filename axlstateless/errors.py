@@ -6,7 +6,7 @@
     │   ├── SourceError(OSError)  a pre-stage source that is missing, unreadable or not a regular file
     │   └── BackendSetupError     the backend cannot start (bbcmd not found, no job id); also a BackendError
     ├── PrestageError(OSError)    4: pre-stage could not create a destination temporary or directory
-    ├── WalkError(OSError)        4: a root could not be opened or walked
+    ├── WalkError(OSError)        2: a root could not be opened (before anything changed)
     ├── StateFileError            4: an AXL state file that cannot be read whole (left as it is)
     │   └── NotAxlStateError      a whole kvtree file that is not an AXL state file (SCR keeps others)
     ├── KVTreeError(ValueError)   4: bytes that are not one whole, well-formed kvtree file
@@ -60,7 +60,11 @@ class PrestageError(AxlError, OSError):
 
 
 class WalkError(AxlError, OSError):
-    """A root given to finalize, cleanup or status could not be opened or read."""
+    """A root given to finalize, cleanup or status could not be opened (permission denied, an I/O
+    error). Every root is opened before anything is done, so nothing was changed: exit 2. A directory
+    below a root that cannot be read is a record (left, exit 4), not this error."""
+
+    exit_code = EXIT_USAGE
 
 
 class StateFileError(AxlError):

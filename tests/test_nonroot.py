@@ -56,3 +56,22 @@ def test_nobody_cannot_read_source(nobody_dir: Path) -> None:
     code, _, err = run_cli_as(NOBODY, NOBODY, "prestage", secret, nobody_dir / "out")
     assert code == 2, err
     assert err.startswith("Error: ") and "cannot be read" in err
+
+
+def test_root_that_cannot_be_opened_is_a_usage_error(nobody_dir: Path) -> None:
+    """Every root is opened before anything is done: one it may not open (here root's 0700 directory)
+    stops the run with exit 2 and one Error line naming it, and the other root is left as it was."""
+    mine = nobody_dir / "mine"
+    mine.mkdir()
+    temp = mine / "f._AXL.v1.m0644.s0.t0"
+    temp.write_bytes(b"")
+    for p in (mine, temp):
+        os.lchown(p, NOBODY, NOBODY)
+    locked = nobody_dir / "locked"
+    locked.mkdir(mode=0o700)
+    for command in ("finalize", "cleanup", "status"):
+        code, out, err = run_cli_as(NOBODY, NOBODY, command, mine, locked)
+        assert code == 2, (command, out, err)
+        lines = err.strip().splitlines()
+        assert lines[-1].startswith("Error: ") and str(locked) in lines[-1], err
+        assert sorted(p.name for p in mine.iterdir()) == [temp.name]
