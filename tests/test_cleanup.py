@@ -410,6 +410,7 @@ def test_unprivileged_user_takes_only_its_own_orphans(nobody_dir: Path) -> None:
     mine = temporary(nobody_dir, "mine", b"data")
     os.chown(mine, NOBODY, NOBODY)
     roots = temporary(nobody_dir, "roots", b"data")  # root-owned, in nobody's directory
+    time.sleep(AGED)  # the chown moved ctime: both must be older than TINY (a fork runs at once)
     code, out, err = run_cli_as(NOBODY, NOBODY, "cleanup", nobody_dir, "--older-than", TINY, "--json")
     assert code == 4, out + err
     got = {
