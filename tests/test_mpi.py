@@ -439,7 +439,9 @@ def test_per_rank_api_example_then_finalize(tmp_path: Path) -> None:
         check=True,
         timeout=90,
     )
-    assert len(re.findall(r"^rank \d: .* -> .*\._AXL", proc.stdout, re.M)) == 3
+    # mpiexec forwards each rank's output as it comes: lines of two ranks may share a line of ours.
+    assert sorted(re.findall(r"rank (\d): ", proc.stdout)) == ["0", "1", "2"], proc.stdout
+    assert proc.stdout.count("._AXL.v1.") == 3, proc.stdout
     for rank in range(3):
         (line,) = (tmp_path / f"bb.list.{rank}").read_text().splitlines()
         assert line.startswith(f"{bb.resolve()}/ckpt.{rank} {pfs.resolve()}/step.0/ckpt.{rank}._AXL")
@@ -485,6 +487,8 @@ except UsageError as exc:
         timeout=60,
         check=True,
     )
-    lines = sorted(proc.stdout.splitlines())
-    assert lines == [f"rank {r} refused: {tmp_path}/dst/shared: named twice as a destination" for r in range(3)]
+    # Searched for, not split into lines: mpiexec may put two ranks' output on one line.
+    for r in range(3):
+        assert f"rank {r} refused: {tmp_path}/dst/shared: named twice as a destination" in proc.stdout, proc.stdout
+    assert "created" not in proc.stdout, proc.stdout
     assert not (tmp_path / "dst").exists()
