@@ -17,7 +17,7 @@ from pathlib import Path
 
 from axlmake import Entry, write_state
 from conftest import CLI
-from test_crash import SOAK, Expect, check_final_state, run_and_kill, sha, watching
+from test_crash import SOAK, Expect, check_final_state, kill_then_finish, sha, watching
 
 MODES = [0o644, 0o600, 0o444, 0o400, 0o755, 0o640]
 OLD_MTIME = 1_234_567_890_000_000_000
@@ -74,22 +74,8 @@ def test_sigkill_at_random_instants_with_state_files(tmp_path: Path) -> None:
     ranks, kills = int(500 * SOAK), int(6 * SOAK)
     dst, state, expects = build(tmp_path, 13, ranks, 4)
     extra = ["--axl-state", os.fspath(state)]
-    rng = random.Random(13)
-    killed = 0
     with watching(tmp_path, expects) as stop_watcher:
-        for _ in range(kills):
-            code = run_and_kill(dst, rng, extra, None)
-            if code is None:
-                killed += 1
-            else:
-                assert code in (0, 1), code
-        final = subprocess.run(
-            [*CLI, "finalize", os.fspath(dst), "--json", *extra],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
+        killed, final = kill_then_finish(dst, random.Random(13), kills, extra, None)
         seen = stop_watcher()
     assert "Traceback" not in final.stderr, final.stderr
     summary = json.loads(final.stdout.splitlines()[-1])

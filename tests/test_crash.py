@@ -210,6 +210,29 @@ def watching(base: Path, expects: list[Expect]) -> Iterator[Callable[[], dict[st
             proc.communicate(timeout=60)
 
 
+def kill_then_finish(
+    dst: Path, rng: random.Random, kills: int, extra: list[str], env: dict[str, str] | None
+) -> tuple[int, subprocess.CompletedProcess[str]]:
+    """SIGKILL `kills` finalize runs at random instants, then let one run to its end: how many runs were
+    killed mid-way, and that last run (its --json records on stdout)."""
+    killed = 0
+    for _ in range(kills):
+        code = run_and_kill(dst, rng, extra, env)
+        if code is None:
+            killed += 1
+        else:
+            assert code in (0, 1), code
+    final = subprocess.run(
+        [*CLI, "finalize", os.fspath(dst), "--json", *extra],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env=env,
+    )
+    return killed, final
+
+
 def run_and_kill(dst: Path, rng: random.Random, extra: list[str], env: dict[str, str] | None) -> int | None:
     """Start a finalize and SIGKILL it at a random instant: after a random number of its records (so the
     kill lands while it commits), or after a random delay (start-up and walk too). None if it finished."""
@@ -265,23 +288,8 @@ def test_sigkill_at_random_instants(tmp_path: Path, backend: str, files: int, ki
     files, kills = int(files * SOAK), int(kills * SOAK)
     dst, expects, created = build_tree(tmp_path, 11, files, handles=backend == "ibmbb")
     extra, env = bbcmd_says(tmp_path, dst) if backend == "ibmbb" else ([], None)
-    rng = random.Random(11)
-    killed = 0
     with watching(tmp_path, expects) as stop_watcher:
-        for _ in range(kills):
-            code = run_and_kill(dst, rng, extra, env)
-            if code is None:
-                killed += 1
-            else:
-                assert code in (0, 1), code
-        final = subprocess.run(
-            [*CLI, "finalize", os.fspath(dst), "--json", *extra],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-            env=env,
-        )
+        killed, final = kill_then_finish(dst, random.Random(11), kills, extra, env)
         seen = stop_watcher()
     assert "Traceback" not in final.stderr, final.stderr
     summary = json.loads(final.stdout.splitlines()[-1])
